@@ -1,0 +1,469 @@
+#!/usr/bin/env bash
+# Portcullis throughput/latency benchmark.
+#
+# Measures, in one run, on this box, with the same load generator (oha) and
+# the same load shape:
+#   (a) the backend directly,
+#   (b) nginx (Debian nginx-light) reverse-proxying to it with upstream keepalive,
+#   (c) Portcullis proxying to it,
+# and prints a Markdown table (also written to bench/results/latest.md).
+#
+# All traffic stays on 127.0.0.1. See bench/README.md for the knobs.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+RESULTS_DIR="$SCRIPT_DIR/results"
+
+# ---------------------------------------------------------------- knobs ----
+HOST=127.0.0.1                         # fixed: load never leaves loopback
+DURATION="${DURATION:-10s}"
+WARMUP="${WARMUP:-2s}"
+CONNECTIONS="${CONNECTIONS:-64}"
+BACKEND_PORT="${BACKEND_PORT:-18081}"
+NGINX_PORT="${NGINX_PORT:-18082}"
+PORTCULLIS_PORT="${PORTCULLIS_PORT:-18083}"
+ADMIN_PORT="${ADMIN_PORT:-19901}"
+BENCH_PATH="${BENCH_PATH:-/v1/accounts/acc-100}"
+READY_TIMEOUT="${READY_TIMEOUT:-30}"   # seconds, per service
+SKIP_PORTCULLIS="${SKIP_PORTCULLIS:-0}"
+BACKEND_CMD="${BACKEND_CMD:-}"         # optional stand-in backend (run with bash -c)
+PORTCULLIS_BIN="${PORTCULLIS_BIN:-}"
+KEEP_TMP="${KEEP_TMP:-0}"
+
+MAX_SECONDS=300                        # hard cap on DURATION / WARMUP
+
+# -------------------------------------------------------------- helpers ----
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# "10s" | "10" | "2m" -> seconds, bounded.
+to_seconds() {
+    local v="$1" name="$2" n
+    case "$v" in
+        *[!0-9smSM]* | "") die "$name='$v' is not a duration like 10s or 1m" ;;
+    esac
+    if [[ "$v" =~ ^([0-9]+)[sS]?$ ]]; then
+        n=$((10#${BASH_REMATCH[1]}))
+    elif [[ "$v" =~ ^([0-9]+)[mM]$ ]]; then
+        n=$((10#${BASH_REMATCH[1]} * 60))
+    else
+        die "$name='$v' is not a duration like 10s or 1m"
+    fi
+    ((n >= 1 && n <= MAX_SECONDS)) || die "$name must be between 1s and ${MAX_SECONDS}s (got $v)"
+    echo "$n"
+}
+
+check_port_var() {
+    local name="$1" v="$2"
+    [[ "$v" =~ ^[0-9]+$ ]] && ((10#$v >= 1024 && 10#$v <= 65535)) \
+        || die "$name='$v' must be a port number in 1024..65535"
+}
+
+# True if something already accepts connections on 127.0.0.1:$1.
+port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# Loopback-only curl: never go through a proxy from the environment.
+lcurl() { curl --noproxy '*' --silent --show-error --max-time 2 "$@"; }
+
+http_code() {
+    lcurl -o /dev/null -w '%{http_code}' "$1" 2>/dev/null || true
+}
+
+# --------------------------------------------------- process bookkeeping ----
+TMP=""
+PIDS=()   # each started with setsid, so pid == process group id
+
+start_service() { # name logfile cmd...
+    local name="$1" logfile="$2"
+    shift 2
+    setsid "$@" >"$logfile" 2>&1 </dev/null &
+    local pid=$!
+    PIDS+=("$pid")
+    log "started $name (pid $pid)"
+    LAST_PID=$pid
+}
+
+# Running (not exited, not a zombie waiting to be reaped)?
+alive() {
+    local st
+    st="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    st="${st##*) }"
+    [[ "${st:0:1}" != Z ]]
+}
+
+stop_pid() {
+    local pid="$1" i
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    # Whatever is left in that group (e.g. nginx workers): force.
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+forget_pid() {
+    local pid="$1" p keep=()
+    for p in "${PIDS[@]+"${PIDS[@]}"}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]+"${keep[@]}"}")
+}
+
+stop_service() { # pid
+    stop_pid "$1"
+    forget_pid "$1"
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local p
+    for p in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$p"; done
+    if [[ -n "$TMP" && -d "$TMP" ]]; then
+        if [[ "$KEEP_TMP" == 1 || $rc -ne 0 ]]; then
+            log "work dir kept: $TMP"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Poll until $url answers (any HTTP status) or the process dies / time runs out.
+wait_http() { # name pid url [expected_code] logfile
+    local name="$1" pid="$2" url="$3" want="$4" logfile="$5" code deadline
+    deadline=$((SECONDS + READY_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        if ! alive "$pid"; then
+            tail -n 30 "$logfile" >&2 || true
+            die "$name exited before becoming ready (log: $logfile)"
+        fi
+        code="$(http_code "$url")"
+        if [[ -n "$want" && "$code" == "$want" ]] || [[ -z "$want" && "$code" =~ ^[1-5][0-9][0-9]$ ]]; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    tail -n 30 "$logfile" >&2 || true
+    die "$name not ready within ${READY_TIMEOUT}s ($url last answered '${code:-nothing}')"
+}
+
+require_200() { # name url
+    local code
+    code="$(http_code "$2")"
+    [[ "$code" == 200 ]] || die "$1: GET $2 answered '$code', expected 200; refusing to benchmark an error path"
+}
+
+# ------------------------------------------------------------ validation ----
+DURATION_S="$(to_seconds "$DURATION" DURATION)"
+WARMUP_S="$(to_seconds "$WARMUP" WARMUP)"
+[[ "$CONNECTIONS" =~ ^[0-9]+$ ]] && ((CONNECTIONS >= 1 && CONNECTIONS <= 4096)) \
+    || die "CONNECTIONS must be in 1..4096 (got $CONNECTIONS)"
+check_port_var BACKEND_PORT "$BACKEND_PORT"
+check_port_var NGINX_PORT "$NGINX_PORT"
+check_port_var PORTCULLIS_PORT "$PORTCULLIS_PORT"
+check_port_var ADMIN_PORT "$ADMIN_PORT"
+[[ "$(printf '%s\n' "$BACKEND_PORT" "$NGINX_PORT" "$PORTCULLIS_PORT" "$ADMIN_PORT" | sort -u | wc -l)" == 4 ]] \
+    || die "BACKEND_PORT, NGINX_PORT, PORTCULLIS_PORT and ADMIN_PORT must all differ"
+[[ "$BENCH_PATH" =~ ^/[A-Za-z0-9._~/%-]*$ ]] || die "BENCH_PATH must be a plain absolute path (got $BENCH_PATH)"
+for p in "$BACKEND_PORT" "$NGINX_PORT" "$PORTCULLIS_PORT" "$ADMIN_PORT"; do
+    if port_in_use "$p"; then die "port $HOST:$p is already in use; pick another via env"; fi
+done
+
+command -v python3 >/dev/null || die "python3 is required (to parse oha's JSON)"
+command -v curl >/dev/null || die "curl is required"
+command -v setsid >/dev/null || die "setsid (util-linux) is required"
+command -v timeout >/dev/null || die "timeout (coreutils) is required"
+
+# ------------------------------------------------------------- installs ----
+CARGO_BIN_DIR="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin"
+if [[ -d "$CARGO_BIN_DIR" ]]; then PATH="$PATH:$CARGO_BIN_DIR"; fi
+if ! command -v oha >/dev/null; then
+    command -v cargo >/dev/null || die "oha not found and cargo is not available to install it (cargo install oha --locked)"
+    log "installing oha: cargo install oha --locked (takes a few minutes)"
+    cargo install oha --locked
+    command -v oha >/dev/null || die "oha still not on PATH after cargo install"
+fi
+
+PATH="$PATH:/usr/sbin:/sbin"
+if ! command -v nginx >/dev/null; then
+    if [[ "$(id -u)" == 0 ]]; then
+        log "installing nginx-light via apt-get"
+        export DEBIAN_FRONTEND=noninteractive
+        if ! apt-get install -y nginx-light; then
+            log "apt-get install failed; running apt-get update and retrying"
+            apt-get update
+            apt-get install -y nginx-light
+        fi
+        command -v nginx >/dev/null || die "nginx still missing after installing nginx-light"
+    else
+        die "nginx is not installed and this is not root. Install it with: sudo apt-get install -y nginx-light"
+    fi
+fi
+
+OHA_VERSION="$(oha --version 2>/dev/null | head -n1)"
+NGINX_VERSION="$(nginx -v 2>&1 | head -n1 | sed 's/^nginx version: //')"
+
+# oha's JSON flag changed over time: newer: --output-format json; older: -j/--json.
+OHA_HELP="$(oha --help 2>&1 || true)"
+if grep -q -- '--output-format' <<<"$OHA_HELP"; then
+    OHA_JSON=(--output-format json)
+elif grep -q -- '--json' <<<"$OHA_HELP"; then
+    OHA_JSON=(--json)
+else
+    die "installed oha ($OHA_VERSION) has neither --output-format nor --json"
+fi
+grep -q -- '--no-tui' <<<"$OHA_HELP" || die "installed oha ($OHA_VERSION) lacks --no-tui"
+OHA_EXTRA=()
+# Let in-flight requests finish at the deadline instead of counting them as errors.
+if grep -q -- '--wait-ongoing-requests-after-deadline' <<<"$OHA_HELP"; then
+    OHA_EXTRA+=(--wait-ongoing-requests-after-deadline)
+fi
+
+# --------------------------------------------------------- portcullis bin ----
+NEED_BIN=1
+if [[ "$SKIP_PORTCULLIS" == 1 && -n "$BACKEND_CMD" ]]; then NEED_BIN=0; fi
+BIN=""
+if ((NEED_BIN)); then
+    if [[ -n "$PORTCULLIS_BIN" ]]; then
+        BIN="$PORTCULLIS_BIN"
+    else
+        log "building Portcullis: cargo build --release (in $REPO_ROOT)"
+        (cd "$REPO_ROOT" && cargo build --release)
+        BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/portcullis"
+        [[ "$BIN" == /* ]] || BIN="$REPO_ROOT/$BIN"
+    fi
+    [[ -x "$BIN" ]] || die "Portcullis binary not found or not executable: $BIN"
+    # The script relies on: `portcullis run --config FILE` and the hidden
+    # `portcullis backend --listen ADDR`. Check both exist before starting.
+    if [[ -z "$BACKEND_CMD" ]]; then
+        help="$("$BIN" backend --help 2>&1 || true)"
+        grep -q -- '--listen' <<<"$help" \
+            || die "$BIN does not support 'backend --listen ADDR' (hidden subcommand the benchmark needs); set BACKEND_CMD to use another backend"
+    fi
+    if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+        help="$("$BIN" run --help 2>&1 || true)"
+        grep -q -- '--config' <<<"$help" \
+            || die "$BIN does not support 'run --config FILE'; set SKIP_PORTCULLIS=1 to measure only backend and nginx"
+    fi
+fi
+
+# -------------------------------------------------------------- work dir ----
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")"
+# nginx workers run as 'nobody' when the master is root: let them traverse.
+chmod 0755 "$TMP"
+mkdir -p "$TMP/routes" "$TMP/nginx"
+
+cat >"$TMP/gateway.yaml" <<EOF
+listeners:
+  - name: public
+    address: $HOST:$PORTCULLIS_PORT
+admin:
+  address: $HOST:$ADMIN_PORT
+clusters:
+  accounts:
+    endpoints: ["$HOST:$BACKEND_PORT"]
+policies: routes
+log:
+  level: warn
+  access: false
+EOF
+
+cat >"$TMP/routes/routes.yaml" <<'EOF'
+routes:
+  - name: get-account
+    methods: [GET]
+    path: /v1/accounts/{account_id}
+    cluster: accounts
+EOF
+
+cat >"$TMP/nginx/nginx.conf" <<EOF
+# Generated by bench/run.sh. Minimal reverse proxy with upstream keepalive.
+worker_processes auto;
+daemon off;
+master_process on;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    access_log off;
+    default_type application/octet-stream;
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path       $TMP/nginx/proxy;
+    fastcgi_temp_path     $TMP/nginx/fastcgi;
+    uwsgi_temp_path       $TMP/nginx/uwsgi;
+    scgi_temp_path        $TMP/nginx/scgi;
+
+    # Don't make the load generator reconnect every 1000 requests (the default).
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+
+    upstream backend {
+        server $HOST:$BACKEND_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+
+    server {
+        listen $HOST:$NGINX_PORT;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+
+# ------------------------------------------------------------------ load ----
+# Run oha once in the background and wait for it, so that a signal to this
+# script interrupts the wait and the EXIT trap stops oha (its own process group,
+# created by timeout) along with the services.
+oha_once() { # seconds url out err
+    local secs="$1" url="$2" out="$3" err="$4" pid rc=0
+    timeout --kill-after=5 $((secs + 30)) \
+        env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy \
+        oha --no-tui -z "${secs}s" -c "$CONNECTIONS" "${OHA_JSON[@]}" "${OHA_EXTRA[@]+"${OHA_EXTRA[@]}"}" "$url" \
+        >"$out" 2>"$err" </dev/null &
+    pid=$!
+    PIDS+=("$pid")
+    wait "$pid" || rc=$?
+    forget_pid "$pid"
+    return "$rc"
+}
+
+# measure NAME PORT: warm-up, measured run, parse into RPS/P50/P99/NOTE[NAME].
+declare -A RPS P50 P99 NOTE
+measure() {
+    local name="$1" port="$2" url out
+    url="http://$HOST:$port$BENCH_PATH"
+    out="$TMP/oha-$name.json"
+    log "$name: warm-up ${WARMUP_S}s"
+    oha_once "$WARMUP_S" "$url" "$TMP/oha-$name-warmup.json" "$TMP/oha-$name-warmup.err" \
+        || { cat "$TMP/oha-$name-warmup.err" >&2; die "$name: oha warm-up failed"; }
+    log "$name: measuring ${DURATION_S}s, $CONNECTIONS connections, GET $url"
+    oha_once "$DURATION_S" "$url" "$out" "$TMP/oha-$name.err" \
+        || { cat "$TMP/oha-$name.err" >&2; die "$name: oha run failed"; }
+    # oha JSON: summary.requestsPerSec; latencyPercentiles.p50/.p99 in seconds;
+    # statusCodeDistribution {"200": n}; errorDistribution {"msg": n}.
+    python3 - "$out" >"$TMP/result-$name.tsv" <<'PY' || die "$name: could not parse oha output $out"
+import json, sys
+with open(sys.argv[1]) as f:
+    d = json.load(f)
+s = d["summary"]
+lp = d.get("latencyPercentiles") or {}
+def ms(key):
+    v = lp.get(key)
+    return "nan" if v is None else "%.3f" % (float(v) * 1000.0)
+rps = float(s.get("requestsPerSec") or 0.0)
+codes = d.get("statusCodeDistribution") or {}
+errors = {k: v for k, v in (d.get("errorDistribution") or {}).items()
+          if "deadline" not in k.lower()}
+total = sum(codes.values())
+non200 = total - codes.get("200", 0)
+notes = []
+if total == 0:
+    notes.append("no responses")
+elif non200:
+    notes.append("%d non-200 of %d" % (non200, total))
+if errors:
+    notes.append("errors: " + ", ".join("%s x%d" % (k, v) for k, v in errors.items()))
+print("%.1f\t%s\t%s\t%s" % (rps, ms("p50"), ms("p99"), "; ".join(notes).replace("\t", " ") or "-"))
+PY
+    IFS=$'\t' read -r "RPS[$name]" "P50[$name]" "P99[$name]" "NOTE[$name]" <"$TMP/result-$name.tsv"
+    log "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms"
+    [[ "${NOTE[$name]}" == "-" ]] || log "WARNING: $name: ${NOTE[$name]}"
+}
+
+# --------------------------------------------------------------- backend ----
+if [[ -n "$BACKEND_CMD" ]]; then
+    export BACKEND_PORT
+    start_service backend "$TMP/backend.log" bash -c "exec $BACKEND_CMD"
+    BACKEND_LABEL="backend (BACKEND_CMD)"
+else
+    start_service backend "$TMP/backend.log" "$BIN" backend --listen "$HOST:$BACKEND_PORT"
+    BACKEND_LABEL="backend (portcullis backend)"
+fi
+BACKEND_PID=$LAST_PID
+wait_http backend "$BACKEND_PID" "http://$HOST:$BACKEND_PORT$BENCH_PATH" "" "$TMP/backend.log"
+require_200 backend "http://$HOST:$BACKEND_PORT$BENCH_PATH"
+measure backend "$BACKEND_PORT"
+
+# ----------------------------------------------------------------- nginx ----
+NGINX_ARGS=(-c "$TMP/nginx/nginx.conf" -p "$TMP/nginx/")
+NGINX_HELP="$(nginx -h 2>&1 || true)"
+if grep -q -- '-e filename' <<<"$NGINX_HELP"; then NGINX_ARGS+=(-e "$TMP/nginx/error.log"); fi
+nginx -t -q "${NGINX_ARGS[@]}" >"$TMP/nginx/test.log" 2>&1 \
+    || { cat "$TMP/nginx/test.log" >&2; die "nginx rejected the generated config ($TMP/nginx/nginx.conf)"; }
+start_service nginx "$TMP/nginx/stdout.log" nginx "${NGINX_ARGS[@]}"
+NGINX_PID=$LAST_PID
+wait_http nginx "$NGINX_PID" "http://$HOST:$NGINX_PORT$BENCH_PATH" "" "$TMP/nginx/error.log"
+require_200 nginx "http://$HOST:$NGINX_PORT$BENCH_PATH"
+measure nginx "$NGINX_PORT"
+stop_service "$NGINX_PID"
+
+# ------------------------------------------------------------ portcullis ----
+if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+    # cwd = work dir, so a relative `policies: routes` resolves either way.
+    # shellcheck disable=SC2016  # $1/$2 are expanded by the inner bash
+    start_service portcullis "$TMP/portcullis.log" \
+        bash -c 'cd "$1" && exec "$2" run --config "$1/gateway.yaml"' _ "$TMP" "$BIN"
+    PC_PID=$LAST_PID
+    wait_http portcullis "$PC_PID" "http://$HOST:$ADMIN_PORT/readyz" 200 "$TMP/portcullis.log"
+    require_200 portcullis "http://$HOST:$PORTCULLIS_PORT$BENCH_PATH"
+    measure portcullis "$PORTCULLIS_PORT"
+    stop_service "$PC_PID"
+fi
+
+stop_service "$BACKEND_PID"
+
+# ---------------------------------------------------------------- report ----
+ratio() { # a b -> a/b with 2 decimals
+    python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print("%.2f" % (a / b) if b > 0 else "n/a")' "$1" "$2"
+}
+row() { # label name
+    printf '| %s | %.0f | %s | %s | %s |\n' "$1" "${RPS[$2]}" "${P50[$2]}" "${P99[$2]}" "$(ratio "${RPS[$2]}" "${RPS[nginx]}")"
+}
+
+GIT_REV="$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no commit')"
+REPORT="$(
+    echo "# Portcullis benchmark"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M:%SZ'), commit: $GIT_REV"
+    echo "- host: $(nproc) CPUs shared by load generator, backend and proxy; $(uname -sr)"
+    echo "- load: $OHA_VERSION, \`oha --no-tui -z ${DURATION_S}s -c $CONNECTIONS ${OHA_JSON[*]}${OHA_EXTRA[*]:+ ${OHA_EXTRA[*]}}\`, ${WARMUP_S}s warm-up per target"
+    echo "- request: GET http://$HOST:PORT$BENCH_PATH"
+    echo "- nginx: $NGINX_VERSION, worker_processes auto, upstream keepalive 64"
+    echo
+    echo "| target | req/s | p50 ms | p99 ms | req/s ratio vs nginx |"
+    echo "|---|---:|---:|---:|---:|"
+    row "$BACKEND_LABEL direct" backend
+    row "nginx → backend" nginx
+    if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+        row "portcullis → backend" portcullis
+    else
+        echo "| portcullis → backend | skipped | | | |"
+    fi
+    echo
+    for n in backend nginx portcullis; do
+        if [[ -n "${NOTE[$n]:-}" && "${NOTE[$n]}" != "-" ]]; then echo "- warning, $n: ${NOTE[$n]}"; fi
+    done
+    if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+        echo "Portcullis/nginx req/s ratio: $(ratio "${RPS[portcullis]}" "${RPS[nginx]}")"
+    else
+        echo "Portcullis/nginx req/s ratio: n/a (SKIP_PORTCULLIS=1)"
+    fi
+)"
+
+mkdir -p "$RESULTS_DIR"
+printf '%s\n' "$REPORT" >"$RESULTS_DIR/latest.md"
+printf '%s\n' "$REPORT"
+log "written to $RESULTS_DIR/latest.md"

@@ -1,0 +1,183 @@
+//! The configuration as written: serde structs only, unknown keys rejected everywhere.
+//!
+//! Top-level sections and list items are decoded one by one (see [`super::validate`]) so that a
+//! mistake in one route does not hide the mistakes in the next.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A duration written as `250ms`, `10s`, `5m` or `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration with a unit, like `250ms`, `10s`, `5m` or `1h`")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Dur, E> {
+                parse_duration(s).map(Dur).ok_or_else(|| {
+                    E::custom(format!("`{s}` is not a duration; write a number and a unit, like `250ms`, `10s`, `5m` or `1h`"))
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Parses `250ms`, `10s`, `1.5s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && (0.0..1e9).contains(&secs)).then(|| Duration::from_secs_f64(secs))
+}
+
+/// A traffic listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// Unique name (metrics label).
+    pub name: String,
+    /// `ip:port` to bind.
+    pub address: String,
+    /// Most simultaneous connections; more are closed at once.
+    pub max_connections: Option<usize>,
+    /// Time allowed for a client to send a request's headers (slowloris guard).
+    pub header_read_timeout: Option<Dur>,
+    /// A connection with no request in flight and no traffic for this long is closed.
+    pub idle_timeout: Option<Dur>,
+    /// Largest request head in bytes (431 above it); at least 8192.
+    pub max_header_bytes: Option<usize>,
+    /// Most request headers (431 above it).
+    pub max_headers: Option<usize>,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: Option<u32>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `ip:port` to bind (default `127.0.0.1:9901`).
+    pub address: Option<String>,
+}
+
+/// Protocol spoken to a cluster.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RawProtocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 cleartext with prior knowledge.
+    H2c,
+}
+
+/// An upstream cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// `host:port` addresses.
+    pub endpoints: Vec<String>,
+    /// `http1` (default) or `h2c`.
+    #[serde(default)]
+    pub protocol: RawProtocol,
+    /// Default connect timeout of the routes to this cluster.
+    pub connect_timeout: Option<Dur>,
+    /// Default request timeout of the routes to this cluster.
+    pub request_timeout: Option<Dur>,
+    /// How long an endpoint that refused a connection is skipped (`0s` disables).
+    pub eject_for: Option<Dur>,
+    /// Idle pooled connections close after this long.
+    pub pool_idle_timeout: Option<Dur>,
+    /// Most idle pooled connections per endpoint.
+    pub max_idle_per_endpoint: Option<usize>,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// Level or filter directive (`info`, `warn`, `portcullis=debug`).
+    pub level: Option<String>,
+    /// One access-log line per request (default true).
+    pub access: Option<bool>,
+}
+
+/// Hot reload.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReload {
+    /// How often the config files are checked for changes (default `1s`; `0s` disables polling,
+    /// SIGHUP still reloads).
+    pub poll_interval: Option<Dur>,
+}
+
+/// Shutdown behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    /// How long in-flight requests may take to finish after SIGTERM (default `30s`).
+    pub grace: Option<Dur>,
+}
+
+/// Per-route timeouts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// Connect timeout to the upstream.
+    pub connect: Option<Dur>,
+    /// Time allowed until the upstream's response headers.
+    pub request: Option<Dur>,
+}
+
+/// A route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Unique name (metrics label, logs).
+    pub name: String,
+    /// Only requests for this host (any when absent).
+    pub host: Option<String>,
+    /// Accepted methods.
+    pub methods: Vec<String>,
+    /// Path template, e.g. `/v1/accounts/{account_id}`.
+    pub path: String,
+    /// The upstream cluster.
+    pub cluster: String,
+    /// Timeouts overriding the cluster's.
+    pub timeouts: Option<RawTimeouts>,
+}
+
+/// Top-level keys of the gateway file.
+pub const GATEWAY_KEYS: &[&str] = &["listeners", "admin", "clusters", "policies", "trusted_proxies", "log", "reload", "shutdown"];
+/// Top-level keys of a policies file.
+pub const POLICY_KEYS: &[&str] = &["routes"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("-1s"), None);
+    }
+}

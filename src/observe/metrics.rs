@@ -1,0 +1,169 @@
+//! Prometheus metrics (pipeline stage 13), exposed on the admin listener only.
+//!
+//! Names are `portcullis_*`, in base units, counters end in `_total`. Label values come from
+//! bounded sets (route names from config, a fixed method list, status classes) so a client can
+//! never grow the series count.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the gateway exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, method and status class.
+    pub requests: IntCounterVec,
+    /// Request latency by route.
+    pub request_duration: HistogramVec,
+    /// Upstream failures by cluster and kind.
+    pub upstream_errors: IntCounterVec,
+    /// Requests being processed.
+    pub in_flight: IntGauge,
+    /// Open client connections by listener.
+    pub connections_open: IntGaugeVec,
+    /// Client connections by listener and result (`accepted`, `rejected_limit`).
+    pub connections: IntCounterVec,
+    /// Configuration reloads by result (`success`, `failure`).
+    pub config_reloads: IntCounterVec,
+    /// Unix time of the last successful config load.
+    pub config_last_success: IntGauge,
+    /// Responses answered by the gateway itself, by problem kind.
+    pub errors: IntCounterVec,
+    /// Upstream request latency (until response headers) by cluster.
+    pub upstream_duration: HistogramVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    /// Creates and registers every metric in a fresh registry.
+    ///
+    /// # Errors
+    /// Fails only if two metrics share a name (a programming error).
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("portcullis_requests_total", "Requests handled, by route, method and status class."),
+            &["route", "method", "status_class"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("portcullis_request_duration_seconds", "Time from request to response headers, by route.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new("portcullis_upstream_errors_total", "Upstream failures, by cluster and kind."),
+            &["cluster", "kind"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_upstream_duration_seconds",
+                "Time for the upstream to answer with headers, by cluster.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["cluster"],
+        )?;
+        let in_flight = IntGauge::new("portcullis_requests_in_flight", "Requests currently being processed.")?;
+        let connections_open =
+            IntGaugeVec::new(Opts::new("portcullis_connections_open", "Open client connections, by listener."), &["listener"])?;
+        let connections = IntCounterVec::new(
+            Opts::new("portcullis_connections_total", "Client connections, by listener and result."),
+            &["listener", "result"],
+        )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new("portcullis_config_reloads_total", "Configuration reloads, by result."),
+            &["result"],
+        )?;
+        let config_last_success = IntGauge::new(
+            "portcullis_config_last_success_timestamp_seconds",
+            "Unix time of the last successful configuration load.",
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new("portcullis_errors_total", "Responses produced by the gateway itself, by problem kind."),
+            &["kind"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("portcullis_build_info", "Build information; the value is always 1."),
+            &["version"],
+        )?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(config_last_success.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(build_info))?;
+        Ok(Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_errors,
+            in_flight,
+            connections_open,
+            connections,
+            config_reloads,
+            config_last_success,
+            errors,
+            upstream_duration,
+        })
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+
+    /// Counts a finished configuration load.
+    pub fn record_reload(&self, ok: bool) {
+        self.config_reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
+        if ok {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            self.config_last_success.set(i64::try_from(now).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// The method label: the standard methods, everything else `OTHER` (bounded cardinality).
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// The status-class label (`2xx` …).
+pub fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,224 @@
+//! Correlation (pipeline stage 3): the request id and the W3C trace context.
+//!
+//! Keeps an inbound `X-Request-Id` of 1–128 characters from `[A-Za-z0-9._:-]`, otherwise makes a
+//! UUIDv7. Continues a valid inbound `traceparent` (with a new parent id for this hop) or starts
+//! a new trace. Writes the [`RequestId`] and [`TraceContext`] request extensions and sets the
+//! (normalised) headers on the request, so the upstream sees exactly what the response carries.
+
+use std::task::{Context, Poll};
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use tower::{Layer, Service};
+
+/// The `x-request-id` header name.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The `traceparent` header name.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Longest inbound request id that is kept.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A validated request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// Accepts `s` when it is 1–128 characters of `[A-Za-z0-9._:-]`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::from_bytes(s.as_bytes())
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<Self> {
+        let ok = !b.is_empty()
+            && b.len() <= MAX_REQUEST_ID_LEN
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'));
+        if !ok {
+            return None;
+        }
+        HeaderValue::from_bytes(b).ok().map(Self)
+    }
+
+    /// A fresh UUIDv7 (time-ordered) id.
+    pub fn generate() -> Self {
+        let mut buf = uuid::Uuid::encode_buffer();
+        let s = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        Self(HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
+    }
+
+    /// Keeps the inbound header value when it is well formed, otherwise generates one.
+    pub fn from_inbound(value: Option<&HeaderValue>) -> Self {
+        value.and_then(|v| Self::from_bytes(v.as_bytes())).unwrap_or_else(Self::generate)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only visible ASCII is ever accepted, so this cannot fail.
+        self.0.to_str().unwrap_or("")
+    }
+
+    /// The id as a header value.
+    pub fn header_value(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+/// The W3C trace context of this hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// This hop's span id (16 hex digits), sent upstream as the parent id.
+    pub span_id: String,
+    /// The inbound parent id, when the trace was continued.
+    pub parent_id: Option<String>,
+    /// Trace flags (2 hex digits).
+    pub flags: String,
+}
+
+impl TraceContext {
+    /// Continues a valid inbound `traceparent` or starts a new sampled trace.
+    pub fn from_inbound(value: Option<&HeaderValue>) -> Self {
+        let span_id = random_hex(8);
+        if let Some((trace_id, parent, flags)) = value.and_then(|v| v.to_str().ok()).and_then(parse_traceparent) {
+            return Self { trace_id, span_id, parent_id: Some(parent), flags };
+        }
+        Self { trace_id: random_hex(16), span_id, parent_id: None, flags: "01".to_owned() }
+    }
+
+    /// The `traceparent` value to send upstream.
+    pub fn header_value(&self) -> HeaderValue {
+        let s = format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags);
+        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+/// Parses a version-00 `traceparent`; returns (trace id, parent id, flags).
+pub fn parse_traceparent(s: &str) -> Option<(String, String, String)> {
+    let parts: Vec<&str> = s.trim().split('-').collect();
+    let [version, trace, parent, flags, rest @ ..] = parts.as_slice() else {
+        return None;
+    };
+    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    // Version ff is invalid; version 00 has exactly four fields; future versions may add fields.
+    if !hex(version, 2) || *version == "ff" || (*version == "00" && !rest.is_empty()) {
+        return None;
+    }
+    if !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2) {
+        return None;
+    }
+    if trace.bytes().all(|c| c == b'0') || parent.bytes().all(|c| c == b'0') {
+        return None;
+    }
+    Some(((*trace).to_owned(), (*parent).to_owned(), (*flags).to_owned()))
+}
+
+fn random_hex(bytes: usize) -> String {
+    use std::fmt::Write;
+    let r = uuid::Uuid::new_v4();
+    let mut out = String::with_capacity(bytes * 2);
+    for b in &r.as_bytes()[..bytes.min(16)] {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Adds [`RequestId`] and [`TraceContext`] to every request and the id to every response.
+#[derive(Debug, Clone, Default)]
+pub struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestIdService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIdService { inner }
+    }
+}
+
+/// The service made by [`RequestIdLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestIdService<S> {
+    inner: S,
+}
+
+impl<S, B, RB> Service<Request<B>> for RequestIdService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = crate::BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let id = RequestId::from_inbound(req.headers().get(X_REQUEST_ID));
+        let trace = TraceContext::from_inbound(req.headers().get(TRACEPARENT));
+        let headers = req.headers_mut();
+        headers.insert(X_REQUEST_ID, id.header_value());
+        headers.insert(TRACEPARENT, trace.header_value());
+        if trace.parent_id.is_none() {
+            // A new trace makes any inbound vendor state meaningless.
+            headers.remove("tracestate");
+        }
+        let value = id.header_value();
+        req.extensions_mut().insert(id);
+        req.extensions_mut().insert(trace);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut res = fut.await?;
+            res.headers_mut().insert(X_REQUEST_ID, value);
+            Ok(res)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_valid_ids_and_replaces_bad_ones() {
+        let keep = HeaderValue::from_static("req-1.2_3:abc");
+        assert_eq!(RequestId::from_inbound(Some(&keep)).as_str(), "req-1.2_3:abc");
+        for bad in ["", "has space", "semi;colon", "é"] {
+            let v = HeaderValue::from_bytes(bad.as_bytes()).ok();
+            let id = RequestId::from_inbound(v.as_ref());
+            assert_ne!(id.as_str(), bad);
+            assert_eq!(id.as_str().len(), 36, "a UUID replaces {bad:?}");
+        }
+        let long = "a".repeat(129);
+        assert_eq!(RequestId::from_inbound(Some(&HeaderValue::from_str(&long).unwrap())).as_str().len(), 36);
+        let max = "a".repeat(128);
+        assert_eq!(RequestId::from_inbound(Some(&HeaderValue::from_str(&max).unwrap())).as_str(), max);
+    }
+
+    #[test]
+    fn generated_ids_are_uuid_v7() {
+        let id = RequestId::generate();
+        let u = uuid::Uuid::parse_str(id.as_str()).unwrap();
+        assert_eq!(u.get_version_num(), 7);
+    }
+
+    #[test]
+    fn traceparent_is_continued_or_started() {
+        let inbound = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let t = TraceContext::from_inbound(Some(&inbound));
+        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_ne!(t.span_id, "00f067aa0ba902b7");
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            let t = TraceContext::from_inbound(Some(&HeaderValue::from_static(bad)));
+            assert!(t.parent_id.is_none(), "{bad} must start a new trace");
+            assert!(parse_traceparent(t.header_value().to_str().unwrap()).is_some());
+        }
+    }
+}

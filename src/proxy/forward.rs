@@ -1,0 +1,183 @@
+//! The innermost service (pipeline stage 11): sends the request to the route's cluster and
+//! streams the answer back.
+//!
+//! Reads the [`RouteMatch`] extension; writes an [`UpstreamInfo`] response extension for the
+//! access log. Bodies stream in both directions and are never buffered here.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version, header};
+use tower::Service;
+
+use super::router::RouteMatch;
+use super::upstream::{UpstreamError, UpstreamProtocol};
+use crate::error::GatewayError;
+use crate::observe::metrics::Metrics;
+use crate::{Body, BoxFuture};
+
+/// Which upstream served a response (for logs; never sent to the client).
+#[derive(Debug, Clone)]
+pub struct UpstreamInfo {
+    /// Cluster name.
+    pub cluster: Arc<str>,
+    /// Endpoint address.
+    pub endpoint: Arc<str>,
+}
+
+/// Forwards routed requests to their cluster.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    metrics: Metrics,
+}
+
+impl Forward {
+    /// Creates the forwarding service.
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl Service<Request<Body>> for Forward {
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = BoxFuture<Result<Response<Body>, GatewayError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let metrics = self.metrics.clone();
+        Box::pin(async move { forward(req, &metrics).await })
+    }
+}
+
+fn count(metrics: &Metrics, e: UpstreamError) -> GatewayError {
+    let cluster = match &e {
+        UpstreamError::Refused { cluster, .. }
+        | UpstreamError::Protocol { cluster, .. }
+        | UpstreamError::NoHealthyEndpoint { cluster }
+        | UpstreamError::Timeout { cluster, .. } => cluster.clone(),
+    };
+    metrics.upstream_errors.with_label_values(&[&*cluster, e.kind()]).inc();
+    GatewayError::Upstream(e)
+}
+
+async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<Body>, GatewayError> {
+    let Some(m) = req.extensions_mut().remove::<RouteMatch>() else {
+        return Err(GatewayError::Internal("forward reached without a route".into()));
+    };
+    let route = m.route;
+    let cluster = &route.cluster;
+    let ep = cluster.pick().map_err(|e| count(metrics, e))?;
+
+    // Keep the client's Host; HTTP/2 clients send it as :authority.
+    if !req.headers().contains_key(header::HOST)
+        && let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(ep.authority.clone());
+    parts.path_and_query = Some(pq);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    *req.version_mut() = match cluster.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::H2c => Version::HTTP_2,
+    };
+    if cluster.protocol == UpstreamProtocol::H2c {
+        // HTTP/2 carries the authority in the URI; a Host header would be a second source.
+        req.headers_mut().remove(header::HOST);
+    }
+
+    let started = Instant::now();
+    let result = tokio::time::timeout(route.request_timeout, route.client.request(req)).await;
+    metrics.upstream_duration.with_label_values(&[&*cluster.name]).observe(started.elapsed().as_secs_f64());
+    let res = match result {
+        Err(_) => {
+            return Err(count(
+                metrics,
+                UpstreamError::Timeout { cluster: cluster.name.clone(), endpoint: ep.address.clone(), after: route.request_timeout },
+            ));
+        }
+        Ok(Err(e)) => {
+            let endpoint = ep.address.clone();
+            let name = cluster.name.clone();
+            let err = if e.is_connect() {
+                if is_timeout(&e) {
+                    UpstreamError::Timeout { cluster: name, endpoint, after: route.request_timeout }
+                } else {
+                    cluster.eject(ep);
+                    UpstreamError::Refused { cluster: name, endpoint, source: Box::new(e) }
+                }
+            } else {
+                UpstreamError::Protocol { cluster: name, endpoint, source: Box::new(e) }
+            };
+            return Err(count(metrics, err));
+        }
+        Ok(Ok(res)) => res,
+    };
+    let (mut parts, body) = res.into_parts();
+    parts.extensions.insert(UpstreamInfo { cluster: cluster.name.clone(), endpoint: ep.address.clone() });
+    Ok(Response::from_parts(parts, crate::boxed(body)))
+}
+
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Converts the pipeline's errors into problem responses (the "rescue" at the end of the stack).
+#[derive(Debug, Clone)]
+pub struct Rescue<S> {
+    inner: S,
+}
+
+impl<S> Rescue<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S> Service<Request<Body>> for Rescue<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let id = req.extensions().get::<crate::observe::request_id::RequestId>().cloned();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match fut.await {
+                Ok(res) => Ok(res),
+                Err(e) => Ok(crate::error::respond(&e, id.as_ref())),
+            }
+        })
+    }
+}

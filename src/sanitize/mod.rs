@@ -1,0 +1,71 @@
+//! Request and response hygiene (pipeline stages 4 and 12).
+//!
+//! [`HygieneLayer`] reads the [`ConnInfo`](crate::server::ConnInfo) and
+//! [`Runtime`](crate::config::Runtime) extensions, strips hop-by-hop and client-sent identity
+//! headers, sets the `X-Forwarded-*` headers, and cleans upstream responses on the way back.
+
+pub mod headers;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use crate::config::Runtime;
+use crate::server::ConnInfo;
+
+/// Applies header hygiene in both directions.
+#[derive(Debug, Clone, Default)]
+pub struct HygieneLayer;
+
+impl<S> Layer<S> for HygieneLayer {
+    type Service = Hygiene<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Hygiene { inner }
+    }
+}
+
+/// The service made by [`HygieneLayer`].
+#[derive(Debug, Clone)]
+pub struct Hygiene<S> {
+    inner: S,
+}
+
+impl<S, B, RB> Service<Request<B>> for Hygiene<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = crate::BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let conn = req.extensions().get::<ConnInfo>().cloned();
+        let runtime = req.extensions().get::<Arc<Runtime>>().cloned();
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()));
+        let h = req.headers_mut();
+        headers::strip_hop_by_hop(h);
+        headers::strip_identity_headers(h);
+        if let Some(conn) = conn {
+            let trusted = runtime.as_ref().is_some_and(|r| headers::is_trusted(conn.peer.ip(), &r.trusted_proxies));
+            let proto = if conn.tls { "https" } else { "http" };
+            headers::set_forwarded(h, conn.peer.ip(), proto, host.as_ref(), trusted);
+        }
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut res = fut.await?;
+            headers::clean_response(res.headers_mut());
+            Ok(res)
+        })
+    }
+}

@@ -1,0 +1,353 @@
+//! Listeners, connections and shutdown (pipeline stage 2).
+//!
+//! Each listener accepts TCP connections up to `max_connections` (more are closed at once and
+//! counted), serves HTTP/1.1 and HTTP/2 on the same port (auto-detected), bounds the request
+//! head (`max_header_bytes`, `max_headers`, `header_read_timeout`) and closes idle connections.
+//! Every request gets a [`ConnInfo`] extension. On shutdown the listeners close (new
+//! connections are refused), open connections finish their in-flight requests up to the grace
+//! period, and then the server returns.
+
+pub mod stack;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use tower::ServiceExt;
+
+use crate::config::Runtime;
+use crate::config::validate::ListenerSettings;
+use crate::observe::admin::{self, Readiness};
+use crate::observe::metrics::Metrics;
+
+/// Facts about the connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The local address.
+    pub local: SocketAddr,
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// State shared by every connection and the reloader.
+#[derive(Debug)]
+pub struct Shared {
+    /// The current compiled config.
+    pub config: Arc<ArcSwap<Runtime>>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Readiness for `/readyz`.
+    pub ready: Readiness,
+}
+
+/// A started gateway.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound traffic listener addresses, in config order.
+    pub addrs: Vec<SocketAddr>,
+    /// Bound admin address.
+    pub admin_addr: SocketAddr,
+    /// Shared state (config, metrics).
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts a graceful shutdown and waits for it to finish.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// A handle that can start the shutdown from elsewhere (signal handlers).
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tracker {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+/// Binds every listener and the admin listener, then serves until shutdown.
+///
+/// # Errors
+/// When an address cannot be bound.
+pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Running> {
+    let settings = runtime.settings.clone();
+    let shared = Arc::new(Shared {
+        config: Arc::new(ArcSwap::from_pointee(runtime)),
+        metrics: metrics.clone(),
+        ready: Readiness::default(),
+    });
+    let mut bound = Vec::new();
+    for l in &settings.listeners {
+        let listener = TcpListener::bind(l.address).await?;
+        bound.push((l.clone(), listener));
+    }
+    let admin_listener = admin::bind(settings.admin).await?;
+    let admin_addr = admin_listener.local_addr()?;
+    let addrs = bound.iter().map(|(_, l)| l.local_addr()).collect::<std::io::Result<Vec<_>>>()?;
+    let (tx, rx) = watch::channel(false);
+    let pipeline = stack::build(&shared, settings.access_log);
+    let tracker = Arc::new(Tracker::default());
+    let mut accept_tasks = Vec::new();
+    for (l, listener) in bound {
+        accept_tasks.push(tokio::spawn(accept_loop(
+            listener,
+            Arc::new(l),
+            pipeline.clone(),
+            metrics.clone(),
+            tracker.clone(),
+            rx.clone(),
+        )));
+    }
+    tokio::spawn(admin::serve(admin_listener, metrics.clone(), shared.ready.clone(), rx.clone()));
+    shared.ready.set(true);
+    tracing::info!(listeners = ?addrs, admin = %admin_addr, "portcullis is serving");
+    let ready = shared.ready.clone();
+    let grace = settings.shutdown_grace;
+    let mut stop = rx;
+    let task = tokio::spawn(async move {
+        let _ = stop.wait_for(|s| *s).await;
+        ready.set(false);
+        // Closing the listeners refuses new connections from here on.
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        tracing::info!(open_connections = tracker.open.load(Ordering::SeqCst), grace_ms = grace.as_millis() as u64, "draining");
+        let drained = tokio::time::timeout(grace, async {
+            loop {
+                let notified = tracker.idle.notified();
+                if tracker.open.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        match drained {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!(open_connections = tracker.open.load(Ordering::SeqCst), "grace period over; closing"),
+        }
+    });
+    Ok(Running { addrs, admin_addr, shared, shutdown: tx, task })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    settings: Arc<ListenerSettings>,
+    pipeline: stack::Pipeline,
+    metrics: Metrics,
+    tracker: Arc<Tracker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(settings.max_connections));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes)
+        .max_headers(settings.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(1024));
+    let builder = Arc::new(builder);
+    let open = metrics.connections_open.with_label_values(&[&settings.name]);
+    let accepted_total = metrics.connections.with_label_values(&[&settings.name, "accepted"]);
+    let rejected_total = metrics.connections.with_label_values(&[&settings.name, "rejected_limit"]);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            rejected_total.inc();
+            drop(stream);
+            continue;
+        };
+        accepted_total.inc();
+        let _ = stream.set_nodelay(true);
+        let info = ConnInfo {
+            peer,
+            local: stream.local_addr().unwrap_or(peer),
+            listener: settings.name.clone(),
+            tls: false,
+        };
+        tracker.open.fetch_add(1, Ordering::SeqCst);
+        open.inc();
+        let (builder, pipeline, settings, tracker, open, shutdown) =
+            (builder.clone(), pipeline.clone(), settings.clone(), tracker.clone(), open.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            serve_connection(stream, info, &builder, pipeline, &settings, shutdown).await;
+            drop(permit);
+            open.dec();
+            if tracker.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+                tracker.idle.notify_waiters();
+            }
+        });
+    }
+}
+
+/// Last I/O time and requests in flight on one connection.
+#[derive(Debug)]
+struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+    fn idle_for(&self) -> Duration {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+struct InFlightGuard(Arc<Activity>);
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A TCP stream that records when bytes last moved.
+struct ActivityIo {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for ActivityIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for ActivityIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    info: ConnInfo,
+    builder: &auto::Builder<TokioExecutor>,
+    pipeline: stack::Pipeline,
+    settings: &ListenerSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let activity = Arc::new(Activity { epoch: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) });
+    let io = TokioIo::new(ActivityIo { inner: stream, activity: activity.clone() });
+    let act = activity.clone();
+    let peer = info.peer;
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(info.clone());
+        act.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlightGuard(act.clone());
+        let req: Request<crate::Body> = req.map(crate::boxed);
+        let fut = pipeline.clone().oneshot(req);
+        async move {
+            let res = fut.await;
+            drop(guard);
+            res
+        }
+    });
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let idle = settings.idle_timeout;
+    let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.wait_for(|s| *s), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = tokio::time::sleep(tick), if !closing => {
+                if activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= idle {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The one place that orders the pipeline (see PRODUCT.md). Outermost first:
+//!
+//! 1. [`RequestIdLayer`] — request id and trace context (stage 3); the id goes on every response.
+//! 2. [`ObserveLayer`] — metrics, the request span, the access log (stage 13).
+//! 3. [`Rescue`] — every error below becomes one problem+json response (stage 12).
+//! 4. [`ConfigLayer`] — one `ArcSwap::load` of the current config per request.
+//! 5. [`HygieneLayer`] — hop-by-hop and identity headers, `X-Forwarded-*` (stage 4).
+//! 6. [`RouterLayer`] — host + method + path → route, or 404/405 (stage 5).
+//! 7. [`Forward`] — the upstream call (stage 11).
+//!
+//! Later stages (authentication, authorization, rate limits, body checks) slot in between the
+//! router and the forwarder, here and nowhere else.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use tower::ServiceBuilder;
+use tower::util::BoxCloneService;
+
+use crate::Body;
+use crate::config::reload::ConfigLayer;
+use crate::observe::ObserveLayer;
+use crate::observe::request_id::RequestIdLayer;
+use crate::proxy::{Forward, Rescue, RouterLayer};
+use crate::sanitize::HygieneLayer;
+
+use super::Shared;
+
+/// The finished, boxed pipeline.
+pub type Pipeline = BoxCloneService<Request<Body>, Response<Body>, Infallible>;
+
+/// Builds the pipeline over `shared` state.
+pub fn build(shared: &Arc<Shared>, access_log: bool) -> Pipeline {
+    let svc = ServiceBuilder::new()
+        .layer(RequestIdLayer)
+        .layer(ObserveLayer::new(shared.metrics.clone(), access_log))
+        .layer_fn(Rescue::new)
+        .layer(ConfigLayer::new(shared.config.clone()))
+        .layer(HygieneLayer)
+        .layer(RouterLayer)
+        .service(Forward::new(shared.metrics.clone()));
+    BoxCloneService::new(svc)
+}
