@@ -238,6 +238,7 @@ if ((NEED_BIN)); then
         [[ "$BIN" == /* ]] || BIN="$REPO_ROOT/$BIN"
     fi
     [[ -x "$BIN" ]] || die "Portcullis binary not found or not executable: $BIN"
+    [[ "$BIN" == /* ]] || BIN="$PWD/$BIN"
     # The script relies on: `portcullis run --config FILE` and the hidden
     # `portcullis backend --listen ADDR`. Check both exist before starting.
     if [[ -z "$BACKEND_CMD" ]]; then
@@ -245,6 +246,7 @@ if ((NEED_BIN)); then
         grep -q -- '--listen' <<<"$help" \
             || die "$BIN does not support 'backend --listen ADDR' (hidden subcommand the benchmark needs); set BACKEND_CMD to use another backend"
     fi
+    PC_VERSION="$("$BIN" --version 2>/dev/null | head -n1 || true)"
     if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
         help="$("$BIN" run --help 2>&1 || true)"
         grep -q -- '--config' <<<"$help" \
@@ -388,9 +390,11 @@ if [[ -n "$BACKEND_CMD" ]]; then
     export BACKEND_PORT
     start_service backend "$TMP/backend.log" bash -c "exec $BACKEND_CMD"
     BACKEND_LABEL="backend (BACKEND_CMD)"
+    BACKEND_DESC="stand-in, BACKEND_CMD=\`$BACKEND_CMD\`"
 else
     start_service backend "$TMP/backend.log" "$BIN" backend --listen "$HOST:$BACKEND_PORT"
     BACKEND_LABEL="backend (portcullis backend)"
+    BACKEND_DESC="\`portcullis backend --listen $HOST:$BACKEND_PORT\`"
 fi
 BACKEND_PID=$LAST_PID
 wait_http backend "$BACKEND_PID" "http://$HOST:$BACKEND_PORT$BENCH_PATH" "" "$TMP/backend.log"
@@ -442,6 +446,8 @@ REPORT="$(
     echo "- load: $OHA_VERSION, \`oha --no-tui -z ${DURATION_S}s -c $CONNECTIONS ${OHA_JSON[*]}${OHA_EXTRA[*]:+ ${OHA_EXTRA[*]}}\`, ${WARMUP_S}s warm-up per target"
     echo "- request: GET http://$HOST:PORT$BENCH_PATH"
     echo "- nginx: $NGINX_VERSION, worker_processes auto, upstream keepalive 64"
+    echo "- backend: $BACKEND_DESC"
+    if [[ "$SKIP_PORTCULLIS" != 1 ]]; then echo "- portcullis: \`$BIN\` ($PC_VERSION)"; fi
     echo
     echo "| target | req/s | p50 ms | p99 ms | req/s ratio vs nginx |"
     echo "|---|---:|---:|---:|---:|"

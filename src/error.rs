@@ -59,7 +59,12 @@ pub struct Problem {
 
 impl Problem {
     /// A problem of kind `kind` (a short slug such as `no-route`).
-    pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             kind_uri: format!("urn:portcullis:problem:{kind}"),
             title,
@@ -74,16 +79,26 @@ impl Problem {
 
     /// Renders the problem as a response carrying `request_id`.
     pub fn into_response(mut self, request_id: Option<&RequestId>) -> Response<Body> {
-        let id = request_id.map(|r| r.as_str().to_owned()).unwrap_or_default();
+        let id = request_id
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_default();
         self.instance.clone_from(&id);
         self.request_id = id;
         let body = serde_json::to_vec(&self).unwrap_or_else(|_| b"{}".to_vec());
         let mut res = Response::new(crate::full(body));
-        *res.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        *res.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let headers = res.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(allow) = self.allow.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
+        if let Some(allow) = self
+            .allow
+            .as_deref()
+            .and_then(|a| HeaderValue::from_str(a).ok())
+        {
             headers.insert(header::ALLOW, allow);
         }
         if let Some(id) = request_id {
@@ -140,9 +155,12 @@ pub fn problem(err: &GatewayError) -> Problem {
                 "The service behind this route did not answer within the route's timeout. Retry later, or ask the API operator to review the route's timeout.",
             ),
         },
-        GatewayError::BadRequest(what) => {
-            Problem::new(S::BAD_REQUEST, "bad-request", "The request is malformed", *what)
-        }
+        GatewayError::BadRequest(what) => Problem::new(
+            S::BAD_REQUEST,
+            "bad-request",
+            "The request is malformed",
+            *what,
+        ),
         GatewayError::Internal(_) => Problem::new(
             S::INTERNAL_SERVER_ERROR,
             "internal",
@@ -177,19 +195,30 @@ mod tests {
         let id = RequestId::parse("abc-123").expect("valid id");
         let res = respond(&err, Some(&id));
         assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/problem+json");
-        assert_eq!(res.extensions().get::<ErrorKind>(), Some(&ErrorKind("upstream-unavailable")));
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert_eq!(
+            res.extensions().get::<ErrorKind>(),
+            Some(&ErrorKind("upstream-unavailable"))
+        );
         let body = res.into_body().collect().await.expect("body").to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(v["instance"], "abc-123");
         assert_eq!(v["status"], 502);
         let text = String::from_utf8_lossy(&body);
-        assert!(!text.contains("10.1.2.3") && !text.contains("accounts"), "{text}");
+        assert!(
+            !text.contains("10.1.2.3") && !text.contains("accounts"),
+            "{text}"
+        );
     }
 
     #[test]
     fn method_not_allowed_sets_allow() {
-        let err = GatewayError::Route(RouteError::MethodNotAllowed { allow: "GET, HEAD".into() });
+        let err = GatewayError::Route(RouteError::MethodNotAllowed {
+            allow: "GET, HEAD".into(),
+        });
         let res = respond(&err, None);
         assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(res.headers()[header::ALLOW], "GET, HEAD");

@@ -15,7 +15,11 @@ use portcullis::server::{self, Running};
 use tokio::sync::Notify;
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "A security gateway for internal finance APIs")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A security gateway for internal finance APIs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,7 +63,10 @@ fn err(s: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             err(&format!("cannot start the runtime: {e}"));
@@ -99,15 +106,19 @@ async fn start(checked: Checked) -> Result<Running, String> {
     let metrics = Metrics::new().map_err(|e| e.to_string())?;
     let runtime = config::compile(checked)?;
     metrics.record_reload(true);
-    server::start(runtime, metrics).await.map_err(|e| format!("cannot bind a listener: {e}"))
+    server::start(runtime, metrics)
+        .await
+        .map_err(|e| format!("cannot bind a listener: {e}"))
 }
 
 /// Waits for SIGTERM/SIGINT (shutdown) and SIGHUP (reload) until the server stops.
 async fn supervise(running: Running, reload: Option<Arc<Notify>>) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         err("cannot install signal handlers");
         return ExitCode::FAILURE;
     };
@@ -149,7 +160,12 @@ async fn run(path: &Path) -> ExitCode {
         }
     };
     let env: SharedEnv = Arc::new(config::process_env);
-    let reloader = Reloader::new(path.to_owned(), env, running.shared.config.clone(), running.shared.metrics.clone());
+    let reloader = Reloader::new(
+        path.to_owned(),
+        env,
+        running.shared.config.clone(),
+        running.shared.metrics.clone(),
+    );
     let trigger = Arc::new(Notify::new());
     tokio::spawn(reloader.run(poll, trigger.clone(), running.shutdown_handle().subscribe()));
     supervise(running, Some(trigger)).await
@@ -174,11 +190,16 @@ async fn demo() -> ExitCode {
     let running = match start(checked).await {
         Ok(r) => r,
         Err(e) => {
-            err(&format!("{e}\n(is another demo already running? ports 8080 and 9901 must be free)"));
+            err(&format!(
+                "{e}\n(is another demo already running? ports 8080 and 9901 must be free)"
+            ));
             return ExitCode::FAILURE;
         }
     };
-    out(&portcullis::demo::curl_commands(running.addrs[0], running.admin_addr));
+    out(&portcullis::demo::curl_commands(
+        running.addrs[0],
+        running.admin_addr,
+    ));
     supervise(running, None).await
 }
 

@@ -31,24 +31,42 @@ pub struct Runtime {
 /// Only if validation let an inconsistency through (reported, never panics).
 pub fn compile(checked: Checked) -> Result<Runtime, String> {
     let mut clusters = HashMap::new();
-    let mut built: Vec<(Arc<Cluster>, PoolSettings, HashMap<Duration, UpstreamClient>)> = Vec::new();
+    let mut built: Vec<(
+        Arc<Cluster>,
+        PoolSettings,
+        HashMap<Duration, UpstreamClient>,
+    )> = Vec::new();
     for c in &checked.clusters {
         let protocol = match c.protocol {
             RawProtocol::Http1 => UpstreamProtocol::Http1,
             RawProtocol::H2c => UpstreamProtocol::H2c,
         };
-        let cluster = Arc::new(Cluster::new(&c.name, c.endpoints.clone(), protocol, c.eject_for));
+        let cluster = Arc::new(Cluster::new(
+            &c.name,
+            c.endpoints.clone(),
+            protocol,
+            c.eject_for,
+        ));
         clusters.insert(c.name.clone(), cluster.clone());
-        let pool = PoolSettings { idle_timeout: c.pool_idle_timeout, max_idle_per_host: c.max_idle_per_endpoint };
+        let pool = PoolSettings {
+            idle_timeout: c.pool_idle_timeout,
+            max_idle_per_host: c.max_idle_per_endpoint,
+        };
         built.push((cluster, pool, HashMap::new()));
     }
     let mut router = Router::default();
     for r in &checked.routes {
         let Some((cluster, pool, clients)) = built.get_mut(r.cluster) else {
-            return Err(format!("route `{}` names a cluster that was not compiled", r.name));
+            return Err(format!(
+                "route `{}` names a cluster that was not compiled",
+                r.name
+            ));
         };
         // Routes with the same connect timeout share one client, so they share its pool.
-        let client = clients.entry(r.connect_timeout).or_insert_with(|| cluster.client(r.connect_timeout, *pool)).clone();
+        let client = clients
+            .entry(r.connect_timeout)
+            .or_insert_with(|| cluster.client(r.connect_timeout, *pool))
+            .clone();
         let route = Arc::new(Route {
             name: r.name.as_str().into(),
             cluster: cluster.clone(),
@@ -59,5 +77,10 @@ pub fn compile(checked: Checked) -> Result<Runtime, String> {
             .insert(r.host.as_deref(), &r.template, &r.methods, route)
             .map_err(|other| format!("route `{}` collides with `{other}`", r.name))?;
     }
-    Ok(Runtime { router, trusted_proxies: checked.trusted_proxies.clone(), clusters, settings: checked })
+    Ok(Runtime {
+        router,
+        trusted_proxies: checked.trusted_proxies.clone(),
+        clusters,
+        settings: checked,
+    })
 }

@@ -36,7 +36,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: error: {}", self.file, self.pos.line, self.pos.col, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: error: {}",
+            self.file, self.pos.line, self.pos.col, self.message
+        )?;
         if !self.path.is_empty() {
             write!(f, " (at `{}`)", self.path)?;
         }
@@ -56,7 +60,12 @@ impl fmt::Display for ConfigErrors {
         for e in &self.0 {
             writeln!(f, "{e}")?;
         }
-        write!(f, "{} error{} found", self.0.len(), if self.0.len() == 1 { "" } else { "s" })
+        write!(
+            f,
+            "{} error{} found",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )
     }
 }
 
@@ -79,7 +88,11 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-fn parse_file(file: &SourceFile, env: EnvLookup<'_>, errors: &mut Vec<ConfigError>) -> Option<Node> {
+fn parse_file(
+    file: &SourceFile,
+    env: EnvLookup<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Node> {
     let (root, errs) = yaml::parse(&file.text);
     let mut ye = errs;
     let root = root.map(|mut r| {
@@ -110,7 +123,10 @@ pub fn load(path: &Path, env: EnvLookup<'_>) -> Result<Checked, ConfigErrors> {
             hint: None,
         }])
     })?;
-    let gateway = SourceFile { name: path.display().to_string().into(), text };
+    let gateway = SourceFile {
+        name: path.display().to_string().into(),
+        text,
+    };
     load_sources(&gateway, Some(path), None, env)
 }
 
@@ -147,7 +163,10 @@ pub fn load_sources(
                             file: gateway.name.clone(),
                             pos: *pos,
                             path: "policies".into(),
-                            message: format!("cannot read the policies folder `{}`: {e}", dir.display()),
+                            message: format!(
+                                "cannot read the policies folder `{}`: {e}",
+                                dir.display()
+                            ),
                             hint: Some("the path is relative to the gateway file".into()),
                         });
                         Vec::new()
@@ -158,8 +177,16 @@ pub fn load_sources(
         },
     };
     let mut parsed = Vec::new();
+    let mut recovered: Vec<Arc<str>> = Vec::new();
     for f in policy_files {
+        let before = errors.len();
         if let Some(root) = parse_file(&f, env, &mut errors) {
+            if errors[before..]
+                .iter()
+                .any(|e| e.message.starts_with("YAML syntax error"))
+            {
+                recovered.push(f.name.clone());
+            }
             parsed.push((f, root));
         }
     }
@@ -168,8 +195,15 @@ pub fn load_sources(
         _ => Vec::new(),
     };
     let routes = validate::check_policies(&parsed, &part.clusters, &declared, &mut errors);
+    // A line blanked to get past a syntax error leaves its item short of a key; that is the
+    // syntax error's echo, not a second mistake.
+    errors.retain(|e| {
+        !(recovered.contains(&e.file) && e.message.starts_with("missing required key"))
+    });
     if !errors.is_empty() {
-        errors.sort_by(|a, b| (&*a.file, a.pos.line, a.pos.col).cmp(&(&*b.file, b.pos.line, b.pos.col)));
+        errors.sort_by(|a, b| {
+            (&*a.file, a.pos.line, a.pos.col).cmp(&(&*b.file, b.pos.line, b.pos.col))
+        });
         return Err(ConfigErrors(errors));
     }
     Ok(Checked {
@@ -196,7 +230,12 @@ pub fn read_policy_dir(dir: &Path) -> std::io::Result<Vec<SourceFile>> {
     paths.sort();
     paths
         .into_iter()
-        .map(|p| Ok(SourceFile { name: p.display().to_string().into(), text: std::fs::read_to_string(&p)? }))
+        .map(|p| {
+            Ok(SourceFile {
+                name: p.display().to_string().into(),
+                text: std::fs::read_to_string(&p)?,
+            })
+        })
         .collect()
 }
 

@@ -163,7 +163,16 @@ pub struct RawRoute {
 }
 
 /// Top-level keys of the gateway file.
-pub const GATEWAY_KEYS: &[&str] = &["listeners", "admin", "clusters", "policies", "trusted_proxies", "log", "reload", "shutdown"];
+pub const GATEWAY_KEYS: &[&str] = &[
+    "listeners",
+    "admin",
+    "clusters",
+    "policies",
+    "trusted_proxies",
+    "log",
+    "reload",
+    "shutdown",
+];
 /// Top-level keys of a policies file.
 pub const POLICY_KEYS: &[&str] = &["routes"];
 

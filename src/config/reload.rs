@@ -50,10 +50,21 @@ pub struct Reloader {
 
 impl Reloader {
     /// Creates a reloader for the gateway file at `path`.
-    pub fn new(path: PathBuf, env: SharedEnv, config: Arc<ArcSwap<Runtime>>, metrics: Metrics) -> Self {
+    pub fn new(
+        path: PathBuf,
+        env: SharedEnv,
+        config: Arc<ArcSwap<Runtime>>,
+        metrics: Metrics,
+    ) -> Self {
         let dir = config.load().settings.policies_dir.clone();
         let last = fingerprint(&path, dir.as_deref());
-        Self { path, env, config, metrics, last }
+        Self {
+            path,
+            env,
+            config,
+            metrics,
+            last,
+        }
     }
 
     /// Loads, validates and compiles the config now and swaps it in.
@@ -76,8 +87,12 @@ impl Reloader {
         match result {
             Ok(runtime) => {
                 let old = self.config.load();
-                if old.settings.listeners != runtime.settings.listeners || old.settings.admin != runtime.settings.admin {
-                    tracing::warn!("listener and admin changes take effect at the next restart; routes and clusters were reloaded");
+                if old.settings.listeners != runtime.settings.listeners
+                    || old.settings.admin != runtime.settings.admin
+                {
+                    tracing::warn!(
+                        "listener and admin changes take effect at the next restart; routes and clusters were reloaded"
+                    );
                 }
                 self.last = fingerprint(&self.path, runtime.settings.policies_dir.as_deref());
                 self.config.store(Arc::new(runtime));
@@ -97,8 +112,17 @@ impl Reloader {
     }
 
     /// Polls for changes every `interval` (zero: only on `trigger`) until `shutdown`.
-    pub async fn run(mut self, interval: Duration, trigger: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
-        let poll = if interval.is_zero() { Duration::from_secs(3600) } else { interval };
+    pub async fn run(
+        mut self,
+        interval: Duration,
+        trigger: Arc<Notify>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let poll = if interval.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            interval
+        };
         loop {
             tokio::select! {
                 () = trigger.notified() => {
@@ -143,7 +167,10 @@ impl ConfigLayer {
 impl<S> Layer<S> for ConfigLayer {
     type Service = WithConfig<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        WithConfig { inner, config: self.config.clone() }
+        WithConfig {
+            inner,
+            config: self.config.clone(),
+        }
     }
 }
 

@@ -121,7 +121,13 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&mut self, pos: Pos, path: &str, message: impl Into<String>, hint: Option<String>) {
-        self.errors.push(ConfigError { file: self.file.clone(), pos, path: path.to_owned(), message: message.into(), hint });
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            pos,
+            path: path.to_owned(),
+            message: message.into(),
+            hint,
+        });
     }
 
     /// Decodes `node` into `T`, reporting a serde error at the exact key or value.
@@ -164,13 +170,26 @@ impl Ctx<'_> {
                     };
                     let pos = find_key(node, name).unwrap_or(pos);
                     let hint = match suggest(name, expected.iter().copied()) {
-                        Some(s) => format!("did you mean `{s}`? Valid keys here: {}", expected.join(", ")),
+                        Some(s) => format!(
+                            "did you mean `{s}`? Valid keys here: {}",
+                            expected.join(", ")
+                        ),
                         None => format!("valid keys here: {}", expected.join(", ")),
                     };
-                    self.err(pos, &parent_path, format!("unknown key `{name}`"), Some(hint));
+                    self.err(
+                        pos,
+                        &parent_path,
+                        format!("unknown key `{name}`"),
+                        Some(hint),
+                    );
                 } else if let Some(rest) = msg.strip_prefix("missing field `") {
                     let name = rest.split('`').next().unwrap_or("");
-                    self.err(target.pos, &full, format!("missing required key `{name}`"), None);
+                    self.err(
+                        target.pos,
+                        &full,
+                        format!("missing required key `{name}`"),
+                        None,
+                    );
                 } else {
                     self.err(target.pos, &full, msg, None);
                 }
@@ -203,7 +222,10 @@ fn check_top_keys(ctx: &mut Ctx<'_>, root: &Node, allowed: &[&str], what: &str) 
             for (k, _) in entries {
                 if !allowed.contains(&k.name.as_str()) {
                     let hint = match suggest(&k.name, allowed.iter().copied()) {
-                        Some(s) => format!("did you mean `{s}`? Valid keys in {what}: {}", allowed.join(", ")),
+                        Some(s) => format!(
+                            "did you mean `{s}`? Valid keys in {what}: {}",
+                            allowed.join(", ")
+                        ),
                         None => format!("valid keys in {what}: {}", allowed.join(", ")),
                     };
                     ctx.err(k.pos, "", format!("unknown key `{}`", k.name), Some(hint));
@@ -223,7 +245,12 @@ fn positive(ctx: &mut Ctx<'_>, node: &Node, path: &str, key: &str, d: Option<Dur
     if let Some(Dur(v)) = d
         && v.is_zero()
     {
-        ctx.err(pos_of(node, key), &format!("{path}.{key}"), "this timeout must be greater than zero", None);
+        ctx.err(
+            pos_of(node, key),
+            &format!("{path}.{key}"),
+            "this timeout must be greater than zero",
+            None,
+        );
     }
 }
 
@@ -240,26 +267,50 @@ pub(super) struct GatewayPart {
     pub policies: Option<(String, Pos)>,
 }
 
-pub(super) fn check_gateway(file: &SourceFile, root: &Node, errors: &mut Vec<ConfigError>) -> GatewayPart {
-    let mut ctx = Ctx { file: file.name.clone(), errors };
+pub(super) fn check_gateway(
+    file: &SourceFile,
+    root: &Node,
+    errors: &mut Vec<ConfigError>,
+) -> GatewayPart {
+    let mut ctx = Ctx {
+        file: file.name.clone(),
+        errors,
+    };
     check_top_keys(&mut ctx, root, raw::GATEWAY_KEYS, "the gateway file");
 
     let mut listeners: Vec<ListenerSettings> = Vec::new();
     match root.get("listeners").map(|n| &n.value) {
         Some(Value::Seq(items)) => {
             if items.is_empty() {
-                ctx.err(pos_of(root, "listeners"), "listeners", "at least one listener is needed", None);
+                ctx.err(
+                    pos_of(root, "listeners"),
+                    "listeners",
+                    "at least one listener is needed",
+                    None,
+                );
             }
             for (i, item) in items.iter().enumerate() {
                 let path = format!("listeners[{i}]");
-                let Some(l) = ctx.decode::<RawListener>(item, &path) else { continue };
+                let Some(l) = ctx.decode::<RawListener>(item, &path) else {
+                    continue;
+                };
                 if let Some(s) = check_listener(&mut ctx, item, &path, &l, &listeners) {
                     listeners.push(s);
                 }
             }
         }
-        Some(_) => ctx.err(pos_of(root, "listeners"), "listeners", "`listeners` must be a list", None),
-        None => ctx.err(root.pos, "", "missing required key `listeners`", Some("add at least one listener with a `name` and an `address`".into())),
+        Some(_) => ctx.err(
+            pos_of(root, "listeners"),
+            "listeners",
+            "`listeners` must be a list",
+            None,
+        ),
+        None => ctx.err(
+            root.pos,
+            "",
+            "missing required key `listeners`",
+            Some("add at least one listener with a `name` and an `address`".into()),
+        ),
     }
 
     let mut admin: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9901));
@@ -269,11 +320,21 @@ pub(super) fn check_gateway(file: &SourceFile, root: &Node, errors: &mut Vec<Con
     {
         match addr.parse() {
             Ok(a) => admin = a,
-            Err(_) => ctx.err(pos_of(node, "address"), "admin.address", format!("`{addr}` is not an `ip:port` address"), Some("for example `127.0.0.1:9901`".into())),
+            Err(_) => ctx.err(
+                pos_of(node, "address"),
+                "admin.address",
+                format!("`{addr}` is not an `ip:port` address"),
+                Some("for example `127.0.0.1:9901`".into()),
+            ),
         }
     }
-    if listeners.iter().any(|l| l.address == admin) {
-        ctx.err(pos_of(root, "admin"), "admin.address", "the admin listener must not share an address with a traffic listener", None);
+    if admin.port() != 0 && listeners.iter().any(|l| l.address == admin) {
+        ctx.err(
+            pos_of(root, "admin"),
+            "admin.address",
+            "the admin listener must not share an address with a traffic listener",
+            None,
+        );
     }
 
     let mut clusters = Vec::new();
@@ -282,7 +343,15 @@ pub(super) fn check_gateway(file: &SourceFile, root: &Node, errors: &mut Vec<Con
             for (k, node) in entries {
                 let path = format!("clusters.{}", k.name);
                 if !valid_name(&k.name) {
-                    ctx.err(k.pos, &path, format!("cluster name `{}` must be letters, digits, `-`, `_` or `.`", k.name), None);
+                    ctx.err(
+                        k.pos,
+                        &path,
+                        format!(
+                            "cluster name `{}` must be letters, digits, `-`, `_` or `.`",
+                            k.name
+                        ),
+                        None,
+                    );
                 }
                 if let Some(c) = ctx.decode::<RawCluster>(node, &path)
                     && let Some(s) = check_cluster(&mut ctx, node, &path, &k.name, c)
@@ -292,7 +361,12 @@ pub(super) fn check_gateway(file: &SourceFile, root: &Node, errors: &mut Vec<Con
             }
         }
         Some(Value::Null) | None => {}
-        Some(_) => ctx.err(pos_of(root, "clusters"), "clusters", "`clusters` must be a map from name to cluster", None),
+        Some(_) => ctx.err(
+            pos_of(root, "clusters"),
+            "clusters",
+            "`clusters` must be a map from name to cluster",
+            None,
+        ),
     }
 
     let mut trusted_proxies = Vec::new();
@@ -300,7 +374,10 @@ pub(super) fn check_gateway(file: &SourceFile, root: &Node, errors: &mut Vec<Con
         && let Some(list) = ctx.decode::<Vec<String>>(node, "trusted_proxies")
     {
         for (i, s) in list.iter().enumerate() {
-            let parsed = s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from));
+            let parsed = s
+                .parse::<IpNet>()
+                .ok()
+                .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from));
             match parsed {
                 Some(n) => trusted_proxies.push(n),
                 None => {
@@ -308,7 +385,12 @@ pub(super) fn check_gateway(file: &SourceFile, root: &Node, errors: &mut Vec<Con
                         Value::Seq(items) => items.get(i).map_or(node.pos, |n| n.pos),
                         _ => node.pos,
                     };
-                    ctx.err(pos, &format!("trusted_proxies[{i}]"), format!("`{s}` is not an IP address or CIDR range"), Some("for example `10.0.0.0/8` or `192.0.2.7`".into()));
+                    ctx.err(
+                        pos,
+                        &format!("trusted_proxies[{i}]"),
+                        format!("`{s}` is not an IP address or CIDR range"),
+                        Some("for example `10.0.0.0/8` or `192.0.2.7`".into()),
+                    );
                 }
             }
         }
@@ -320,8 +402,16 @@ pub(super) fn check_gateway(file: &SourceFile, root: &Node, errors: &mut Vec<Con
         && let Some(l) = ctx.decode::<raw::RawLog>(node, "log")
     {
         if let Some(level) = l.level {
-            if tracing_subscriber::EnvFilter::builder().parse(&level).is_err() {
-                ctx.err(pos_of(node, "level"), "log.level", format!("`{level}` is not a log level or filter"), Some("use one of error, warn, info, debug, trace".into()));
+            if tracing_subscriber::EnvFilter::builder()
+                .parse(&level)
+                .is_err()
+            {
+                ctx.err(
+                    pos_of(node, "level"),
+                    "log.level",
+                    format!("`{level}` is not a log level or filter"),
+                    Some("use one of error, warn, info, debug, trace".into()),
+                );
             }
             log_level = level;
         }
@@ -343,17 +433,35 @@ pub(super) fn check_gateway(file: &SourceFile, root: &Node, errors: &mut Vec<Con
         Some(n) => match n.as_str() {
             Some(s) => Some((s.to_owned(), n.pos)),
             None => {
-                ctx.err(n.pos, "policies", "`policies` must be a folder path", Some("for example `policies: ./policies`".into()));
+                ctx.err(
+                    n.pos,
+                    "policies",
+                    "`policies` must be a folder path",
+                    Some("for example `policies: ./policies`".into()),
+                );
                 None
             }
         },
         None => None,
     };
-    GatewayPart { listeners, admin, clusters, trusted_proxies, log_level, access_log, poll_interval, shutdown_grace, policies }
+    GatewayPart {
+        listeners,
+        admin,
+        clusters,
+        trusted_proxies,
+        log_level,
+        access_log,
+        poll_interval,
+        shutdown_grace,
+        policies,
+    }
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 fn check_listener(
@@ -365,46 +473,92 @@ fn check_listener(
 ) -> Option<ListenerSettings> {
     let mut ok = true;
     if !valid_name(&l.name) {
-        ctx.err(pos_of(node, "name"), &format!("{path}.name"), "a listener name must be letters, digits, `-`, `_` or `.`", None);
+        ctx.err(
+            pos_of(node, "name"),
+            &format!("{path}.name"),
+            "a listener name must be letters, digits, `-`, `_` or `.`",
+            None,
+        );
         ok = false;
     }
     if seen.iter().any(|s| *s.name == *l.name) {
-        ctx.err(pos_of(node, "name"), &format!("{path}.name"), format!("listener name `{}` is used twice", l.name), None);
+        ctx.err(
+            pos_of(node, "name"),
+            &format!("{path}.name"),
+            format!("listener name `{}` is used twice", l.name),
+            None,
+        );
         ok = false;
     }
     let address = match l.address.parse::<SocketAddr>() {
         Ok(a) => {
             if seen.iter().any(|s| s.address == a && a.port() != 0) {
-                ctx.err(pos_of(node, "address"), &format!("{path}.address"), format!("address `{a}` is used by two listeners"), None);
+                ctx.err(
+                    pos_of(node, "address"),
+                    &format!("{path}.address"),
+                    format!("address `{a}` is used by two listeners"),
+                    None,
+                );
                 ok = false;
             }
             Some(a)
         }
         Err(_) => {
-            ctx.err(pos_of(node, "address"), &format!("{path}.address"), format!("`{}` is not an `ip:port` address", l.address), Some("for example `0.0.0.0:8443` or `[::]:8443`".into()));
+            ctx.err(
+                pos_of(node, "address"),
+                &format!("{path}.address"),
+                format!("`{}` is not an `ip:port` address", l.address),
+                Some("for example `0.0.0.0:8443` or `[::]:8443`".into()),
+            );
             None
         }
     };
     let max_header_bytes = l.max_header_bytes.unwrap_or(16 * 1024);
     if !(8192..=1024 * 1024).contains(&max_header_bytes) {
-        ctx.err(pos_of(node, "max_header_bytes"), &format!("{path}.max_header_bytes"), format!("max_header_bytes must be between 8192 and 1048576, not {max_header_bytes}"), None);
+        ctx.err(
+            pos_of(node, "max_header_bytes"),
+            &format!("{path}.max_header_bytes"),
+            format!("max_header_bytes must be between 8192 and 1048576, not {max_header_bytes}"),
+            None,
+        );
         ok = false;
     }
     let max_headers = l.max_headers.unwrap_or(100);
     if !(1..=1000).contains(&max_headers) {
-        ctx.err(pos_of(node, "max_headers"), &format!("{path}.max_headers"), format!("max_headers must be between 1 and 1000, not {max_headers}"), None);
+        ctx.err(
+            pos_of(node, "max_headers"),
+            &format!("{path}.max_headers"),
+            format!("max_headers must be between 1 and 1000, not {max_headers}"),
+            None,
+        );
         ok = false;
     }
     let max_connections = l.max_connections.unwrap_or(10_000);
     if max_connections == 0 {
-        ctx.err(pos_of(node, "max_connections"), &format!("{path}.max_connections"), "max_connections must be at least 1", None);
+        ctx.err(
+            pos_of(node, "max_connections"),
+            &format!("{path}.max_connections"),
+            "max_connections must be at least 1",
+            None,
+        );
         ok = false;
     }
-    positive(ctx, node, path, "header_read_timeout", l.header_read_timeout);
+    positive(
+        ctx,
+        node,
+        path,
+        "header_read_timeout",
+        l.header_read_timeout,
+    );
     positive(ctx, node, path, "idle_timeout", l.idle_timeout);
     let streams = l.max_concurrent_streams.unwrap_or(100);
     if streams == 0 {
-        ctx.err(pos_of(node, "max_concurrent_streams"), &format!("{path}.max_concurrent_streams"), "max_concurrent_streams must be at least 1", None);
+        ctx.err(
+            pos_of(node, "max_concurrent_streams"),
+            &format!("{path}.max_concurrent_streams"),
+            "max_concurrent_streams must be at least 1",
+            None,
+        );
         ok = false;
     }
     let address = address?;
@@ -420,10 +574,21 @@ fn check_listener(
     })
 }
 
-fn check_cluster(ctx: &mut Ctx<'_>, node: &Node, path: &str, name: &str, c: RawCluster) -> Option<ClusterSettings> {
+fn check_cluster(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    path: &str,
+    name: &str,
+    c: RawCluster,
+) -> Option<ClusterSettings> {
     let mut endpoints = Vec::new();
     if c.endpoints.is_empty() {
-        ctx.err(pos_of(node, "endpoints"), &format!("{path}.endpoints"), "a cluster needs at least one endpoint", Some("for example `endpoints: [\"10.0.0.5:8080\"]`".into()));
+        ctx.err(
+            pos_of(node, "endpoints"),
+            &format!("{path}.endpoints"),
+            "a cluster needs at least one endpoint",
+            Some("for example `endpoints: [\"10.0.0.5:8080\"]`".into()),
+        );
     }
     let items = node.get("endpoints");
     for (i, e) in c.endpoints.iter().enumerate() {
@@ -433,12 +598,24 @@ fn check_cluster(ctx: &mut Ctx<'_>, node: &Node, path: &str, name: &str, c: RawC
         };
         let epath = format!("{path}.endpoints[{i}]");
         if e.contains("://") {
-            ctx.err(pos, &epath, format!("endpoint `{e}` must be `host:port` without a scheme"), Some("the protocol comes from the cluster's `protocol` key".into()));
+            ctx.err(
+                pos,
+                &epath,
+                format!("endpoint `{e}` must be `host:port` without a scheme"),
+                Some("the protocol comes from the cluster's `protocol` key".into()),
+            );
             continue;
         }
         match e.parse::<Authority>() {
-            Ok(a) if a.port_u16().is_some_and(|p| p > 0) && !a.as_str().contains('@') => endpoints.push((e.clone(), a)),
-            _ => ctx.err(pos, &epath, format!("endpoint `{e}` is not a `host:port` address"), Some("for example `10.0.0.5:8080` or `accounts.internal:8080`".into())),
+            Ok(a) if a.port_u16().is_some_and(|p| p > 0) && !a.as_str().contains('@') => {
+                endpoints.push((e.clone(), a))
+            }
+            _ => ctx.err(
+                pos,
+                &epath,
+                format!("endpoint `{e}` is not a `host:port` address"),
+                Some("for example `10.0.0.5:8080` or `accounts.internal:8080`".into()),
+            ),
         }
     }
     positive(ctx, node, path, "connect_timeout", c.connect_timeout);
@@ -478,20 +655,39 @@ pub(super) fn check_policies(
     // (host, shape) → method → origin
     let mut shapes: HashMap<(Option<String>, String), HashMap<Method, Origin>> = HashMap::new();
     for (file, root) in files {
-        let mut ctx = Ctx { file: file.name.clone(), errors };
+        let mut ctx = Ctx {
+            file: file.name.clone(),
+            errors,
+        };
         check_top_keys(&mut ctx, root, raw::POLICY_KEYS, "a policies file");
         let items = match root.get("routes").map(|n| &n.value) {
             Some(Value::Seq(items)) => items.as_slice(),
             Some(Value::Null) | None => &[],
             Some(_) => {
-                ctx.err(pos_of(root, "routes"), "routes", "`routes` must be a list", None);
+                ctx.err(
+                    pos_of(root, "routes"),
+                    "routes",
+                    "`routes` must be a list",
+                    None,
+                );
                 &[]
             }
         };
         for (i, node) in items.iter().enumerate() {
             let path = format!("routes[{i}]");
-            let Some(r) = ctx.decode::<RawRoute>(node, &path) else { continue };
-            if let Some(s) = check_route(&mut ctx, node, &path, r, clusters, declared_clusters, &mut names, &mut shapes) {
+            let Some(r) = ctx.decode::<RawRoute>(node, &path) else {
+                continue;
+            };
+            if let Some(s) = check_route(
+                &mut ctx,
+                node,
+                &path,
+                r,
+                clusters,
+                declared_clusters,
+                &mut names,
+                &mut shapes,
+            ) {
                 routes.push(s);
             }
         }
@@ -512,25 +708,55 @@ fn check_route(
 ) -> Option<RouteSettings> {
     let mut ok = true;
     if !valid_name(&r.name) {
-        ctx.err(pos_of(node, "name"), &format!("{path}.name"), "a route name must be letters, digits, `-`, `_` or `.`", None);
+        ctx.err(
+            pos_of(node, "name"),
+            &format!("{path}.name"),
+            "a route name must be letters, digits, `-`, `_` or `.`",
+            None,
+        );
         ok = false;
     }
     if let Some(first) = names.get(&r.name) {
-        ctx.err(pos_of(node, "name"), &format!("{path}.name"), format!("route name `{}` is already used (first at {}:{})", r.name, first.file, first.line), None);
+        ctx.err(
+            pos_of(node, "name"),
+            &format!("{path}.name"),
+            format!(
+                "route name `{}` is already used (first at {}:{})",
+                r.name, first.file, first.line
+            ),
+            None,
+        );
         ok = false;
     } else {
-        names.insert(r.name.clone(), Origin { name: r.name.clone(), file: ctx.file.clone(), line: node.pos.line });
+        names.insert(
+            r.name.clone(),
+            Origin {
+                name: r.name.clone(),
+                file: ctx.file.clone(),
+                line: node.pos.line,
+            },
+        );
     }
     let template = match parse_template(&r.path) {
         Ok(t) => Some(t),
         Err(msg) => {
-            ctx.err(pos_of(node, "path"), &format!("{path}.path"), msg, Some("templates look like `/v1/accounts/{account_id}/transactions`".into()));
+            ctx.err(
+                pos_of(node, "path"),
+                &format!("{path}.path"),
+                msg,
+                Some("templates look like `/v1/accounts/{account_id}/transactions`".into()),
+            );
             None
         }
     };
     let mut methods: Vec<Method> = Vec::new();
     if r.methods.is_empty() {
-        ctx.err(pos_of(node, "methods"), &format!("{path}.methods"), "a route needs at least one method", Some("for example `methods: [GET]`".into()));
+        ctx.err(
+            pos_of(node, "methods"),
+            &format!("{path}.methods"),
+            "a route needs at least one method",
+            Some("for example `methods: [GET]`".into()),
+        );
         ok = false;
     }
     for m in &r.methods {
@@ -538,7 +764,12 @@ fn check_route(
         match Method::from_bytes(m.as_bytes()) {
             Ok(method) if valid => {
                 if methods.contains(&method) {
-                    ctx.err(pos_of(node, "methods"), &format!("{path}.methods"), format!("method `{m}` is listed twice"), None);
+                    ctx.err(
+                        pos_of(node, "methods"),
+                        &format!("{path}.methods"),
+                        format!("method `{m}` is listed twice"),
+                        None,
+                    );
                 }
                 methods.push(method);
             }
@@ -546,32 +777,64 @@ fn check_route(
                 let known = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
                 let upper = m.to_ascii_uppercase();
                 let hint = suggest(&upper, known).map(|s| format!("did you mean `{s}`?"));
-                ctx.err(pos_of(node, "methods"), &format!("{path}.methods"), format!("`{m}` is not an HTTP method (methods are upper case)"), hint);
+                ctx.err(
+                    pos_of(node, "methods"),
+                    &format!("{path}.methods"),
+                    format!("`{m}` is not an HTTP method (methods are upper case)"),
+                    hint,
+                );
                 ok = false;
             }
         }
     }
     let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
     if let Some(h) = &host
-        && (h.is_empty() || !h.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.')))
+        && (h.is_empty()
+            || !h
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.')))
     {
-        ctx.err(pos_of(node, "host"), &format!("{path}.host"), format!("`{h}` is not a host name"), Some("write the host without scheme or port, like `api.example.com`".into()));
+        ctx.err(
+            pos_of(node, "host"),
+            &format!("{path}.host"),
+            format!("`{h}` is not a host name"),
+            Some("write the host without scheme or port, like `api.example.com`".into()),
+        );
         ok = false;
     }
     let cluster = clusters.iter().position(|c| c.name == r.cluster);
     if cluster.is_none() && !declared.contains(&r.cluster) {
         let hint = match suggest(&r.cluster, declared.iter().map(String::as_str)) {
             Some(s) => Some(format!("did you mean `{s}`?")),
-            None if declared.is_empty() => Some("no clusters are defined in the gateway file".into()),
+            None if declared.is_empty() => {
+                Some("no clusters are defined in the gateway file".into())
+            }
             None => Some(format!("defined clusters: {}", declared.join(", "))),
         };
-        ctx.err(pos_of(node, "cluster"), &format!("{path}.cluster"), format!("unknown cluster `{}`", r.cluster), hint);
+        ctx.err(
+            pos_of(node, "cluster"),
+            &format!("{path}.cluster"),
+            format!("unknown cluster `{}`", r.cluster),
+            hint,
+        );
     }
     let timeouts = r.timeouts.clone();
     if let Some(t) = &timeouts {
         let tnode = node.get("timeouts").unwrap_or(node);
-        positive(ctx, tnode, &format!("{path}.timeouts"), "connect", t.connect);
-        positive(ctx, tnode, &format!("{path}.timeouts"), "request", t.request);
+        positive(
+            ctx,
+            tnode,
+            &format!("{path}.timeouts"),
+            "connect",
+            t.connect,
+        );
+        positive(
+            ctx,
+            tnode,
+            &format!("{path}.timeouts"),
+            "request",
+            t.request,
+        );
     }
     let template = template?;
     let shape: String = template
@@ -592,7 +855,14 @@ fn check_route(
             );
             ok = false;
         } else {
-            by_method.insert(m.clone(), Origin { name: r.name.clone(), file: ctx.file.clone(), line: node.pos.line });
+            by_method.insert(
+                m.clone(),
+                Origin {
+                    name: r.name.clone(),
+                    file: ctx.file.clone(),
+                    line: node.pos.line,
+                },
+            );
         }
     }
     let cluster = cluster?;
@@ -603,8 +873,14 @@ fn check_route(
         methods,
         template,
         cluster,
-        connect_timeout: timeouts.as_ref().and_then(|t| t.connect).map_or(c.connect_timeout, |d| d.0),
-        request_timeout: timeouts.as_ref().and_then(|t| t.request).map_or(c.request_timeout, |d| d.0),
+        connect_timeout: timeouts
+            .as_ref()
+            .and_then(|t| t.connect)
+            .map_or(c.connect_timeout, |d| d.0),
+        request_timeout: timeouts
+            .as_ref()
+            .and_then(|t| t.request)
+            .map_or(c.request_timeout, |d| d.0),
     })
 }
 

@@ -23,7 +23,10 @@ pub struct Pos {
 
 impl Pos {
     fn from_marker(m: Marker) -> Self {
-        Self { line: m.line().max(1), col: m.col() + 1 }
+        Self {
+            line: m.line().max(1),
+            col: m.col() + 1,
+        }
     }
 }
 
@@ -76,7 +79,10 @@ impl Node {
     /// The position of `key` itself when this is a map.
     pub fn key_pos(&self, key: &str) -> Option<Pos> {
         match &self.value {
-            Value::Map(entries) => entries.iter().find(|(k, _)| k.name == key).map(|(k, _)| k.pos),
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.name == key)
+                .map(|(k, _)| k.pos),
             _ => None,
         }
     }
@@ -99,7 +105,12 @@ impl Node {
             Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
             Value::Str(s, _) => J::String(s.clone()),
             Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
-            Value::Map(entries) => J::Object(entries.iter().map(|(k, v)| (k.name.clone(), v.to_json())).collect()),
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.name.clone(), v.to_json()))
+                    .collect(),
+            ),
         }
     }
 }
@@ -146,8 +157,13 @@ fn resolve_plain(s: &str) -> Value {
     {
         return Value::Int(i);
     }
-    let looks_numeric = s.bytes().next().is_some_and(|c| c.is_ascii_digit() || c == b'-' || c == b'+' || c == b'.');
-    if looks_numeric && s.bytes().any(|c| c.is_ascii_digit()) && s.bytes().all(|c| b"0123456789+-.eE".contains(&c))
+    let looks_numeric = s
+        .bytes()
+        .next()
+        .is_some_and(|c| c.is_ascii_digit() || c == b'-' || c == b'+' || c == b'.');
+    if looks_numeric
+        && s.bytes().any(|c| c.is_ascii_digit())
+        && s.bytes().all(|c| b"0123456789+-.eE".contains(&c))
         && let Ok(f) = s.parse::<f64>()
     {
         return Value::Float(f);
@@ -196,10 +212,16 @@ impl Builder {
                     if let Some((first, _)) = entries.iter().find(|(k, _)| k.name == name) {
                         self.errors.push(YamlError {
                             pos: node.pos,
-                            message: format!("duplicate key `{name}` (first at line {})", first.pos.line),
+                            message: format!(
+                                "duplicate key `{name}` (first at line {})",
+                                first.pos.line
+                            ),
                         });
                     }
-                    *pending = Some(Key { name, pos: node.pos });
+                    *pending = Some(Key {
+                        name,
+                        pos: node.pos,
+                    });
                 }
                 Some(key) => entries.push((key, node)),
             },
@@ -217,7 +239,10 @@ impl MarkedEventReceiver for Builder {
             Event::DocumentStart => {
                 self.docs += 1;
                 if self.docs > 1 {
-                    self.errors.push(YamlError { pos, message: "only one YAML document per file is allowed".into() });
+                    self.errors.push(YamlError {
+                        pos,
+                        message: "only one YAML document per file is allowed".into(),
+                    });
                 }
             }
             Event::Scalar(s, style, anchor, tag) => {
@@ -229,11 +254,25 @@ impl MarkedEventReceiver for Builder {
                 self.push_node(Node { value, pos }, anchor);
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(Vec::new(), pos, anchor)),
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map(Vec::new(), pos, anchor, None)),
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map(Vec::new(), pos, anchor, None))
+            }
             Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
-                Some(Frame::Seq(items, p, anchor)) => self.push_node(Node { value: Value::Seq(items), pos: p }, anchor),
+                Some(Frame::Seq(items, p, anchor)) => self.push_node(
+                    Node {
+                        value: Value::Seq(items),
+                        pos: p,
+                    },
+                    anchor,
+                ),
                 Some(Frame::Map(entries, p, anchor, _)) => {
-                    self.push_node(Node { value: Value::Map(entries), pos: p }, anchor);
+                    self.push_node(
+                        Node {
+                            value: Value::Map(entries),
+                            pos: p,
+                        },
+                        anchor,
+                    );
                 }
                 None => {}
             },
@@ -241,14 +280,20 @@ impl MarkedEventReceiver for Builder {
                 Some((node, size)) => {
                     self.nodes += size;
                     if self.nodes > MAX_NODES {
-                        self.errors.push(YamlError { pos, message: "too many nodes (alias expansion limit)".into() });
+                        self.errors.push(YamlError {
+                            pos,
+                            message: "too many nodes (alias expansion limit)".into(),
+                        });
                         return;
                     }
                     let mut node = node.clone();
                     node.pos = pos;
                     self.push_node(node, 0);
                 }
-                None => self.errors.push(YamlError { pos, message: "unknown alias".into() }),
+                None => self.errors.push(YamlError {
+                    pos,
+                    message: "unknown alias".into(),
+                }),
             },
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
@@ -268,12 +313,18 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<YamlError>) {
             Ok(()) => {
                 let mut errors = syntax;
                 errors.extend(b.errors);
-                let root = b.root.unwrap_or(Node { value: Value::Null, pos: Pos { line: 1, col: 1 } });
+                let root = b.root.unwrap_or(Node {
+                    value: Value::Null,
+                    pos: Pos { line: 1, col: 1 },
+                });
                 return (Some(root), errors);
             }
             Err(e) => {
                 let pos = blame(&text, Pos::from_marker(*e.marker()));
-                syntax.push(YamlError { pos, message: format!("YAML syntax error: {}", e.info()) });
+                syntax.push(YamlError {
+                    pos,
+                    message: format!("YAML syntax error: {}", e.info()),
+                });
                 if blanked.contains(&pos.line) || !blank_line(&mut text, pos.line) {
                     return (None, syntax);
                 }
@@ -335,7 +386,11 @@ fn blank_line(text: &mut String, line: usize) -> bool {
 
 /// Replaces `${NAME}` in every string scalar using `lookup`; `$${` stays a literal `${`.
 /// Unquoted scalars are re-resolved afterwards, so `port: ${PORT}` becomes a number.
-pub fn interpolate(node: &mut Node, lookup: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<YamlError>) {
+pub fn interpolate(
+    node: &mut Node,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<YamlError>,
+) {
     match &mut node.value {
         Value::Str(s, plain) if s.contains("${") => {
             let mut out = String::with_capacity(s.len());
@@ -350,13 +405,20 @@ pub fn interpolate(node: &mut Node, lookup: &dyn Fn(&str) -> Option<String>, err
                 out.push_str(&rest[..i]);
                 let after = &rest[i + 2..];
                 let Some(end) = after.find('}') else {
-                    errors.push(YamlError { pos: node.pos, message: "unterminated `${` in value".into() });
+                    errors.push(YamlError {
+                        pos: node.pos,
+                        message: "unterminated `${` in value".into(),
+                    });
                     return;
                 };
                 let name = &after[..end];
-                let valid = !name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+                let valid = !name.is_empty()
+                    && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
                 if !valid {
-                    errors.push(YamlError { pos: node.pos, message: format!("`${{{name}}}` is not a valid variable name") });
+                    errors.push(YamlError {
+                        pos: node.pos,
+                        message: format!("`${{{name}}}` is not a valid variable name"),
+                    });
                 } else {
                     match lookup(name) {
                         Some(v) => out.push_str(&v),
@@ -369,10 +431,18 @@ pub fn interpolate(node: &mut Node, lookup: &dyn Fn(&str) -> Option<String>, err
                 rest = &after[end + 1..];
             }
             out.push_str(rest);
-            node.value = if *plain { resolve_plain(&out) } else { Value::Str(out, false) };
+            node.value = if *plain {
+                resolve_plain(&out)
+            } else {
+                Value::Str(out, false)
+            };
         }
-        Value::Seq(items) => items.iter_mut().for_each(|n| interpolate(n, lookup, errors)),
-        Value::Map(entries) => entries.iter_mut().for_each(|(_, n)| interpolate(n, lookup, errors)),
+        Value::Seq(items) => items
+            .iter_mut()
+            .for_each(|n| interpolate(n, lookup, errors)),
+        Value::Map(entries) => entries
+            .iter_mut()
+            .for_each(|(_, n)| interpolate(n, lookup, errors)),
         _ => {}
     }
 }
@@ -387,7 +457,10 @@ mod tests {
         assert!(errs.is_empty(), "{errs:?}");
         let root = root.unwrap();
         assert_eq!(root.key_pos("b"), Some(Pos { line: 2, col: 1 }));
-        assert_eq!(root.get("b").unwrap().get("c").unwrap().pos, Pos { line: 3, col: 6 });
+        assert_eq!(
+            root.get("b").unwrap().get("c").unwrap().pos,
+            Pos { line: 3, col: 6 }
+        );
         assert_eq!(root.get("a").unwrap().value, Value::Int(1));
     }
 
@@ -408,7 +481,8 @@ mod tests {
 
     #[test]
     fn interpolates_without_changing_structure() {
-        let (root, _) = parse("port: ${PORT}\nsecret: \"${SECRET}\"\nlit: \"$${X}\"\nmiss: ${NOPE}\n");
+        let (root, _) =
+            parse("port: ${PORT}\nsecret: \"${SECRET}\"\nlit: \"$${X}\"\nmiss: ${NOPE}\n");
         let mut root = root.unwrap();
         let mut errs = Vec::new();
         let env = |k: &str| match k {
@@ -430,7 +504,10 @@ mod tests {
         let mut doc = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..9 {
             let prev = format!("*a{}", i - 1);
-            doc.push_str(&format!("a{i}: &a{i} [{p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}]\n", p = prev));
+            doc.push_str(&format!(
+                "a{i}: &a{i} [{p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}]\n",
+                p = prev
+            ));
         }
         let (_, errs) = parse(&doc);
         assert!(errs.iter().any(|e| e.message.contains("alias")));

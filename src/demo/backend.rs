@@ -25,7 +25,10 @@ fn owner_of(account: &str) -> (&'static str, &'static str) {
 fn json_response(status: StatusCode, body: &Value, request_id: &str) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
     *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     if let Ok(v) = header::HeaderValue::from_str(request_id) {
         res.headers_mut().insert("x-backend-saw-request-id", v);
     }
@@ -34,7 +37,12 @@ fn json_response(status: StatusCode, body: &Value, request_id: &str) -> Response
 
 /// Answers one request of the reference scenario.
 pub async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let rid = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let rid = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -80,7 +88,11 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
                     }),
                     &rid,
                 ),
-                Err(_) => json_response(StatusCode::BAD_REQUEST, &json!({"error": "body must be JSON", "request_id": rid}), &rid),
+                Err(_) => json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "body must be JSON", "request_id": rid}),
+                    &rid,
+                ),
             }
         }
         (&Method::GET, ["v1", "payments", id]) => json_response(
@@ -93,7 +105,11 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
             &json!({"tenant_id": tenant, "date": "2026-11-24", "payments": 1284, "volume": "981234.10", "currency": "EUR", "request_id": rid}),
             &rid,
         ),
-        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found", "request_id": rid}), &rid),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "not found", "request_id": rid}),
+            &rid,
+        ),
     };
     Ok(res)
 }
@@ -101,11 +117,15 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
 /// Serves [`handle`] on `listener` forever (HTTP/1.1 and h2c).
 pub async fn serve(listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(handle);
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }

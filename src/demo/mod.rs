@@ -49,8 +49,14 @@ pub fn config(backends: Backends) -> Result<crate::config::Checked, ConfigErrors
         "DEMO_REPORTS_ADDR" => Some(backends.reports.to_string()),
         other => std::env::var(other).ok(),
     };
-    let gateway = SourceFile { name: "policies/demo/gateway.yaml".into(), text: GATEWAY_YAML.to_owned() };
-    let routes = SourceFile { name: "policies/demo/routes/finance.yaml".into(), text: ROUTES_YAML.to_owned() };
+    let gateway = SourceFile {
+        name: "policies/demo/gateway.yaml".into(),
+        text: GATEWAY_YAML.to_owned(),
+    };
+    let routes = SourceFile {
+        name: "policies/demo/routes/finance.yaml".into(),
+        text: ROUTES_YAML.to_owned(),
+    };
     crate::config::load_sources(&gateway, None, Some(vec![routes]), &env)
 }
 

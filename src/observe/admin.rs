@@ -34,13 +34,28 @@ impl Readiness {
 }
 
 fn respond(metrics: &Metrics, ready: &Readiness, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, ctype, body): (StatusCode, &str, Vec<u8>) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
-        (&Method::GET, "/healthz") => (StatusCode::OK, "application/json", br#"{"status":"ok"}"#.to_vec()),
-        (&Method::GET, "/readyz") if ready.get() => (StatusCode::OK, "application/json", br#"{"status":"ready"}"#.to_vec()),
-        (&Method::GET, "/readyz") => {
-            (StatusCode::SERVICE_UNAVAILABLE, "application/json", br#"{"status":"not_ready"}"#.to_vec())
-        }
+    let (status, ctype, body): (StatusCode, &str, Vec<u8>) = match (req.method(), req.uri().path())
+    {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        (&Method::GET, "/healthz") => (
+            StatusCode::OK,
+            "application/json",
+            br#"{"status":"ok"}"#.to_vec(),
+        ),
+        (&Method::GET, "/readyz") if ready.get() => (
+            StatusCode::OK,
+            "application/json",
+            br#"{"status":"ready"}"#.to_vec(),
+        ),
+        (&Method::GET, "/readyz") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            br#"{"status":"not_ready"}"#.to_vec(),
+        ),
         _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
     };
     let mut res = Response::new(Full::new(Bytes::from(body)));
@@ -52,7 +67,12 @@ fn respond(metrics: &Metrics, ready: &Readiness, req: &Request<Incoming>) -> Res
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, metrics: Metrics, ready: Readiness, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    ready: Readiness,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -66,7 +86,9 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, ready: Readiness, mu
                 let res = respond(&metrics, &ready, &req);
                 async move { Ok::<_, Infallible>(res) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }

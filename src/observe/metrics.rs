@@ -53,16 +53,25 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("portcullis_requests_total", "Requests handled, by route, method and status class."),
+            Opts::new(
+                "portcullis_requests_total",
+                "Requests handled, by route, method and status class.",
+            ),
             &["route", "method", "status_class"],
         )?;
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("portcullis_request_duration_seconds", "Time from request to response headers, by route.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "portcullis_request_duration_seconds",
+                "Time from request to response headers, by route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
         )?;
         let upstream_errors = IntCounterVec::new(
-            Opts::new("portcullis_upstream_errors_total", "Upstream failures, by cluster and kind."),
+            Opts::new(
+                "portcullis_upstream_errors_total",
+                "Upstream failures, by cluster and kind.",
+            ),
             &["cluster", "kind"],
         )?;
         let upstream_duration = HistogramVec::new(
@@ -73,15 +82,29 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["cluster"],
         )?;
-        let in_flight = IntGauge::new("portcullis_requests_in_flight", "Requests currently being processed.")?;
-        let connections_open =
-            IntGaugeVec::new(Opts::new("portcullis_connections_open", "Open client connections, by listener."), &["listener"])?;
+        let in_flight = IntGauge::new(
+            "portcullis_requests_in_flight",
+            "Requests currently being processed.",
+        )?;
+        let connections_open = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_connections_open",
+                "Open client connections, by listener.",
+            ),
+            &["listener"],
+        )?;
         let connections = IntCounterVec::new(
-            Opts::new("portcullis_connections_total", "Client connections, by listener and result."),
+            Opts::new(
+                "portcullis_connections_total",
+                "Client connections, by listener and result.",
+            ),
             &["listener", "result"],
         )?;
         let config_reloads = IntCounterVec::new(
-            Opts::new("portcullis_config_reloads_total", "Configuration reloads, by result."),
+            Opts::new(
+                "portcullis_config_reloads_total",
+                "Configuration reloads, by result.",
+            ),
             &["result"],
         )?;
         let config_last_success = IntGauge::new(
@@ -89,14 +112,22 @@ impl Metrics {
             "Unix time of the last successful configuration load.",
         )?;
         let errors = IntCounterVec::new(
-            Opts::new("portcullis_errors_total", "Responses produced by the gateway itself, by problem kind."),
+            Opts::new(
+                "portcullis_errors_total",
+                "Responses produced by the gateway itself, by problem kind.",
+            ),
             &["kind"],
         )?;
         let build_info = IntGaugeVec::new(
-            Opts::new("portcullis_build_info", "Build information; the value is always 1."),
+            Opts::new(
+                "portcullis_build_info",
+                "Build information; the value is always 1.",
+            ),
             &["version"],
         )?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for result in ["success", "failure"] {
             config_reloads.with_label_values(&[result]);
         }
@@ -135,10 +166,16 @@ impl Metrics {
 
     /// Counts a finished configuration load.
     pub fn record_reload(&self, ok: bool) {
-        self.config_reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
+        self.config_reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
         if ok {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            self.config_last_success.set(i64::try_from(now).unwrap_or(i64::MAX));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            self.config_last_success
+                .set(i64::try_from(now).unwrap_or(i64::MAX));
         }
     }
 }

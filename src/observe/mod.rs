@@ -51,14 +51,21 @@ pub struct ObserveLayer {
 impl ObserveLayer {
     /// Creates the layer; `access_log` turns the per-request log line on.
     pub fn new(metrics: Metrics, access_log: bool) -> Self {
-        Self { metrics, access_log }
+        Self {
+            metrics,
+            access_log,
+        }
     }
 }
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Observe { inner, metrics: self.metrics.clone(), access_log: self.access_log }
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+            access_log: self.access_log,
+        }
     }
 }
 
@@ -90,7 +97,10 @@ where
         let id = req.extensions().get::<RequestId>().cloned();
         let method = req.method().clone();
         let path: Option<Box<str>> = self.access_log.then(|| req.uri().path().into());
-        let span = tracing::info_span!("request", request_id = id.as_ref().map_or("", RequestId::as_str));
+        let span = tracing::info_span!(
+            "request",
+            request_id = id.as_ref().map_or("", RequestId::as_str)
+        );
         let metrics = self.metrics.clone();
         let access_log = self.access_log;
         metrics.in_flight.inc();
@@ -106,9 +116,16 @@ where
             let status = res.status();
             metrics
                 .requests
-                .with_label_values(&[route_label, metrics::method_label(&method), metrics::status_class(status)])
+                .with_label_values(&[
+                    route_label,
+                    metrics::method_label(&method),
+                    metrics::status_class(status),
+                ])
                 .inc();
-            metrics.request_duration.with_label_values(&[route_label]).observe(elapsed.as_secs_f64());
+            metrics
+                .request_duration
+                .with_label_values(&[route_label])
+                .observe(elapsed.as_secs_f64());
             if let Some(kind) = res.extensions().get::<ErrorKind>() {
                 metrics.errors.with_label_values(&[kind.0]).inc();
             }
@@ -188,7 +205,10 @@ impl HttpBody for LoggedBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -218,7 +238,11 @@ impl HttpBody for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        let outcome = if self.inner.is_end_stream() { "complete" } else { "aborted" };
+        let outcome = if self.inner.is_end_stream() {
+            "complete"
+        } else {
+            "aborted"
+        };
         self.entry.log(outcome);
     }
 }

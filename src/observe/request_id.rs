@@ -31,7 +31,8 @@ impl RequestId {
     fn from_bytes(b: &[u8]) -> Option<Self> {
         let ok = !b.is_empty()
             && b.len() <= MAX_REQUEST_ID_LEN
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'));
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'));
         if !ok {
             return None;
         }
@@ -47,7 +48,9 @@ impl RequestId {
 
     /// Keeps the inbound header value when it is well formed, otherwise generates one.
     pub fn from_inbound(value: Option<&HeaderValue>) -> Self {
-        value.and_then(|v| Self::from_bytes(v.as_bytes())).unwrap_or_else(Self::generate)
+        value
+            .and_then(|v| Self::from_bytes(v.as_bytes()))
+            .unwrap_or_else(Self::generate)
     }
 
     /// The id as text.
@@ -79,10 +82,23 @@ impl TraceContext {
     /// Continues a valid inbound `traceparent` or starts a new sampled trace.
     pub fn from_inbound(value: Option<&HeaderValue>) -> Self {
         let span_id = random_hex(8);
-        if let Some((trace_id, parent, flags)) = value.and_then(|v| v.to_str().ok()).and_then(parse_traceparent) {
-            return Self { trace_id, span_id, parent_id: Some(parent), flags };
+        if let Some((trace_id, parent, flags)) = value
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_traceparent)
+        {
+            return Self {
+                trace_id,
+                span_id,
+                parent_id: Some(parent),
+                flags,
+            };
         }
-        Self { trace_id: random_hex(16), span_id, parent_id: None, flags: "01".to_owned() }
+        Self {
+            trace_id: random_hex(16),
+            span_id,
+            parent_id: None,
+            flags: "01".to_owned(),
+        }
     }
 
     /// The `traceparent` value to send upstream.
@@ -98,7 +114,9 @@ pub fn parse_traceparent(s: &str) -> Option<(String, String, String)> {
     let [version, trace, parent, flags, rest @ ..] = parts.as_slice() else {
         return None;
     };
-    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let hex = |p: &str, n: usize| {
+        p.len() == n && p.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    };
     // Version ff is invalid; version 00 has exactly four fields; future versions may add fields.
     if !hex(version, 2) || *version == "ff" || (*version == "00" && !rest.is_empty()) {
         return None;
@@ -109,7 +127,11 @@ pub fn parse_traceparent(s: &str) -> Option<(String, String, String)> {
     if trace.bytes().all(|c| c == b'0') || parent.bytes().all(|c| c == b'0') {
         return None;
     }
-    Some(((*trace).to_owned(), (*parent).to_owned(), (*flags).to_owned()))
+    Some((
+        (*trace).to_owned(),
+        (*parent).to_owned(),
+        (*flags).to_owned(),
+    ))
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -181,7 +203,10 @@ mod tests {
     #[test]
     fn keeps_valid_ids_and_replaces_bad_ones() {
         let keep = HeaderValue::from_static("req-1.2_3:abc");
-        assert_eq!(RequestId::from_inbound(Some(&keep)).as_str(), "req-1.2_3:abc");
+        assert_eq!(
+            RequestId::from_inbound(Some(&keep)).as_str(),
+            "req-1.2_3:abc"
+        );
         for bad in ["", "has space", "semi;colon", "é"] {
             let v = HeaderValue::from_bytes(bad.as_bytes()).ok();
             let id = RequestId::from_inbound(v.as_ref());
@@ -189,9 +214,17 @@ mod tests {
             assert_eq!(id.as_str().len(), 36, "a UUID replaces {bad:?}");
         }
         let long = "a".repeat(129);
-        assert_eq!(RequestId::from_inbound(Some(&HeaderValue::from_str(&long).unwrap())).as_str().len(), 36);
+        assert_eq!(
+            RequestId::from_inbound(Some(&HeaderValue::from_str(&long).unwrap()))
+                .as_str()
+                .len(),
+            36
+        );
         let max = "a".repeat(128);
-        assert_eq!(RequestId::from_inbound(Some(&HeaderValue::from_str(&max).unwrap())).as_str(), max);
+        assert_eq!(
+            RequestId::from_inbound(Some(&HeaderValue::from_str(&max).unwrap())).as_str(),
+            max
+        );
     }
 
     #[test]
@@ -203,7 +236,8 @@ mod tests {
 
     #[test]
     fn traceparent_is_continued_or_started() {
-        let inbound = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let inbound =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let t = TraceContext::from_inbound(Some(&inbound));
         assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(t.parent_id.as_deref(), Some("00f067aa0ba902b7"));

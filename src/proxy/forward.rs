@@ -63,13 +63,21 @@ fn count(metrics: &Metrics, e: UpstreamError) -> GatewayError {
         | UpstreamError::NoHealthyEndpoint { cluster }
         | UpstreamError::Timeout { cluster, .. } => cluster.clone(),
     };
-    metrics.upstream_errors.with_label_values(&[&*cluster, e.kind()]).inc();
+    metrics
+        .upstream_errors
+        .with_label_values(&[&*cluster, e.kind()])
+        .inc();
     GatewayError::Upstream(e)
 }
 
-async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<Body>, GatewayError> {
+async fn forward(
+    mut req: Request<Body>,
+    metrics: &Metrics,
+) -> Result<Response<Body>, GatewayError> {
     let Some(m) = req.extensions_mut().remove::<RouteMatch>() else {
-        return Err(GatewayError::Internal("forward reached without a route".into()));
+        return Err(GatewayError::Internal(
+            "forward reached without a route".into(),
+        ));
     };
     let route = m.route;
     let cluster = &route.cluster;
@@ -77,11 +85,18 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
 
     // Keep the client's Host; HTTP/2 clients send it as :authority.
     if !req.headers().contains_key(header::HOST)
-        && let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        && let Some(v) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     {
         req.headers_mut().insert(header::HOST, v);
     }
-    let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(ep.authority.clone());
@@ -98,12 +113,19 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
 
     let started = Instant::now();
     let result = tokio::time::timeout(route.request_timeout, route.client.request(req)).await;
-    metrics.upstream_duration.with_label_values(&[&*cluster.name]).observe(started.elapsed().as_secs_f64());
+    metrics
+        .upstream_duration
+        .with_label_values(&[&*cluster.name])
+        .observe(started.elapsed().as_secs_f64());
     let res = match result {
         Err(_) => {
             return Err(count(
                 metrics,
-                UpstreamError::Timeout { cluster: cluster.name.clone(), endpoint: ep.address.clone(), after: route.request_timeout },
+                UpstreamError::Timeout {
+                    cluster: cluster.name.clone(),
+                    endpoint: ep.address.clone(),
+                    after: route.request_timeout,
+                },
             ));
         }
         Ok(Err(e)) => {
@@ -111,20 +133,35 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
             let name = cluster.name.clone();
             let err = if e.is_connect() {
                 if is_timeout(&e) {
-                    UpstreamError::Timeout { cluster: name, endpoint, after: route.request_timeout }
+                    UpstreamError::Timeout {
+                        cluster: name,
+                        endpoint,
+                        after: route.request_timeout,
+                    }
                 } else {
                     cluster.eject(ep);
-                    UpstreamError::Refused { cluster: name, endpoint, source: Box::new(e) }
+                    UpstreamError::Refused {
+                        cluster: name,
+                        endpoint,
+                        source: Box::new(e),
+                    }
                 }
             } else {
-                UpstreamError::Protocol { cluster: name, endpoint, source: Box::new(e) }
+                UpstreamError::Protocol {
+                    cluster: name,
+                    endpoint,
+                    source: Box::new(e),
+                }
             };
             return Err(count(metrics, err));
         }
         Ok(Ok(res)) => res,
     };
     let (mut parts, body) = res.into_parts();
-    parts.extensions.insert(UpstreamInfo { cluster: cluster.name.clone(), endpoint: ep.address.clone() });
+    parts.extensions.insert(UpstreamInfo {
+        cluster: cluster.name.clone(),
+        endpoint: ep.address.clone(),
+    });
     Ok(Response::from_parts(parts, crate::boxed(body)))
 }
 
@@ -171,7 +208,10 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let id = req.extensions().get::<crate::observe::request_id::RequestId>().cloned();
+        let id = req
+            .extensions()
+            .get::<crate::observe::request_id::RequestId>()
+            .cloned();
         let fut = self.inner.call(req);
         Box::pin(async move {
             match fut.await {

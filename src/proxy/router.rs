@@ -38,7 +38,10 @@ pub struct RouteMatch {
 impl RouteMatch {
     /// The value of the path parameter `name`.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(n, _)| &**n == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -66,14 +69,20 @@ pub fn parse_template(t: &str) -> Result<Vec<Segment>, String> {
     let mut names: Vec<&str> = Vec::new();
     for seg in rest.split('/') {
         if seg.is_empty() {
-            return Err(format!("path `{t}` has an empty segment (`//` or a trailing `/`)"));
+            return Err(format!(
+                "path `{t}` has an empty segment (`//` or a trailing `/`)"
+            ));
         }
         if let Some(inner) = seg.strip_prefix('{') {
             let Some(name) = inner.strip_suffix('}') else {
-                return Err(format!("segment `{seg}` opens `{{` without closing it; a parameter is a whole segment like `{{account_id}}`"));
+                return Err(format!(
+                    "segment `{seg}` opens `{{` without closing it; a parameter is a whole segment like `{{account_id}}`"
+                ));
             };
             if name.is_empty() || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
-                return Err(format!("parameter name `{name}` must be letters, digits and `_`"));
+                return Err(format!(
+                    "parameter name `{name}` must be letters, digits and `_`"
+                ));
             }
             if names.contains(&name) {
                 return Err(format!("parameter `{name}` appears twice in `{t}`"));
@@ -82,13 +91,20 @@ pub fn parse_template(t: &str) -> Result<Vec<Segment>, String> {
             out.push(Segment::Param(name.to_owned()));
         } else {
             if seg.contains(['{', '}']) {
-                return Err(format!("segment `{seg}` mixes text and a parameter; a parameter must be a whole segment"));
+                return Err(format!(
+                    "segment `{seg}` mixes text and a parameter; a parameter must be a whole segment"
+                ));
             }
             if seg == "." || seg == ".." {
                 return Err(format!("path `{t}` contains a `{seg}` segment"));
             }
-            if !seg.bytes().all(|c| c.is_ascii_graphic() && c != b'?' && c != b'#') {
-                return Err(format!("segment `{seg}` contains a character that is not allowed in a path"));
+            if !seg
+                .bytes()
+                .all(|c| c.is_ascii_graphic() && c != b'?' && c != b'#')
+            {
+                return Err(format!(
+                    "segment `{seg}` contains a character that is not allowed in a path"
+                ));
             }
             out.push(Segment::Static(seg.to_owned()));
         }
@@ -153,7 +169,9 @@ impl Router {
         }
         let names: Arc<[Arc<str>]> = names.into();
         for m in methods {
-            endpoint.routes.push((m.clone(), route.clone(), names.clone()));
+            endpoint
+                .routes
+                .push((m.clone(), route.clone(), names.clone()));
         }
         let mut allow: Vec<&str> = endpoint.routes.iter().map(|(m, _, _)| m.as_str()).collect();
         allow.sort_unstable();
@@ -166,7 +184,12 @@ impl Router {
     ///
     /// # Errors
     /// [`RouteError::NotFound`] or [`RouteError::MethodNotAllowed`] with the `Allow` value.
-    pub fn find(&self, host: Option<&str>, method: &Method, path: &str) -> Result<RouteMatch, RouteError> {
+    pub fn find(
+        &self,
+        host: Option<&str>,
+        method: &Method,
+        path: &str,
+    ) -> Result<RouteMatch, RouteError> {
         let path = path.strip_prefix('/').ok_or(RouteError::NotFound)?;
         let mut first_path_match: Option<&Endpoint> = None;
         let mut values: Vec<&str> = Vec::new();
@@ -180,11 +203,19 @@ impl Router {
             return Ok(found);
         }
         values.clear();
-        if let Some(found) = search(&self.any_host, path, method, &mut values, &mut first_path_match) {
+        if let Some(found) = search(
+            &self.any_host,
+            path,
+            method,
+            &mut values,
+            &mut first_path_match,
+        ) {
             return Ok(found);
         }
         match first_path_match {
-            Some(ep) => Err(RouteError::MethodNotAllowed { allow: ep.allow.clone() }),
+            Some(ep) => Err(RouteError::MethodNotAllowed {
+                allow: ep.allow.clone(),
+            }),
             None => Err(RouteError::NotFound),
         }
     }
@@ -208,8 +239,15 @@ fn search<'a>(
     if rest.is_empty() {
         let ep = node.endpoint.as_ref()?;
         if let Some((_, route, names)) = ep.routes.iter().find(|(m, _, _)| m == method) {
-            let params = names.iter().cloned().zip(values.iter().map(|v| (*v).to_owned())).collect();
-            return Some(RouteMatch { route: route.clone(), params });
+            let params = names
+                .iter()
+                .cloned()
+                .zip(values.iter().map(|v| (*v).to_owned()))
+                .collect();
+            return Some(RouteMatch {
+                route: route.clone(),
+                params,
+            });
         }
         first.get_or_insert(ep);
         return None;
@@ -249,7 +287,8 @@ mod tests {
     fn router(specs: &[(&str, Option<&str>, &str, &[Method])]) -> Router {
         let mut r = Router::default();
         for (name, host, path, methods) in specs {
-            r.insert(*host, &parse_template(path).unwrap(), methods, route(name)).unwrap();
+            r.insert(*host, &parse_template(path).unwrap(), methods, route(name))
+                .unwrap();
         }
         r
     }
@@ -259,17 +298,43 @@ mod tests {
         let r = router(&[
             ("acct", None, "/v1/accounts/{account_id}", &[Method::GET]),
             ("summary", None, "/v1/accounts/summary", &[Method::GET]),
-            ("tx", None, "/v1/accounts/{account_id}/transactions", &[Method::GET]),
+            (
+                "tx",
+                None,
+                "/v1/accounts/{account_id}/transactions",
+                &[Method::GET],
+            ),
         ]);
         let m = r.find(None, &Method::GET, "/v1/accounts/acc-100").unwrap();
         assert_eq!(&*m.route.name, "acct");
         assert_eq!(m.param("account_id"), Some("acc-100"));
-        assert_eq!(&*r.find(None, &Method::GET, "/v1/accounts/summary").unwrap().route.name, "summary");
-        let m = r.find(None, &Method::GET, "/v1/accounts/acc-1/transactions").unwrap();
-        assert_eq!((&*m.route.name, m.param("account_id")), ("tx", Some("acc-1")));
-        assert_eq!(r.find(None, &Method::GET, "/v1/accounts/").unwrap_err(), RouteError::NotFound);
-        assert_eq!(r.find(None, &Method::GET, "/v1/accounts//transactions").unwrap_err(), RouteError::NotFound);
-        assert_eq!(r.find(None, &Method::GET, "/v1/other").unwrap_err(), RouteError::NotFound);
+        assert_eq!(
+            &*r.find(None, &Method::GET, "/v1/accounts/summary")
+                .unwrap()
+                .route
+                .name,
+            "summary"
+        );
+        let m = r
+            .find(None, &Method::GET, "/v1/accounts/acc-1/transactions")
+            .unwrap();
+        assert_eq!(
+            (&*m.route.name, m.param("account_id")),
+            ("tx", Some("acc-1"))
+        );
+        assert_eq!(
+            r.find(None, &Method::GET, "/v1/accounts/").unwrap_err(),
+            RouteError::NotFound
+        );
+        assert_eq!(
+            r.find(None, &Method::GET, "/v1/accounts//transactions")
+                .unwrap_err(),
+            RouteError::NotFound
+        );
+        assert_eq!(
+            r.find(None, &Method::GET, "/v1/other").unwrap_err(),
+            RouteError::NotFound
+        );
     }
 
     #[test]
@@ -279,8 +344,11 @@ mod tests {
             ("post", None, "/v1/payments", &[Method::POST]),
         ]);
         assert_eq!(
-            r.find(None, &Method::DELETE, "/v1/payments/p1").unwrap_err(),
-            RouteError::MethodNotAllowed { allow: "GET".into() }
+            r.find(None, &Method::DELETE, "/v1/payments/p1")
+                .unwrap_err(),
+            RouteError::MethodNotAllowed {
+                allow: "GET".into()
+            }
         );
     }
 
@@ -290,25 +358,61 @@ mod tests {
             ("special", None, "/v1/accounts/special", &[Method::GET]),
             ("update", None, "/v1/accounts/{id}", &[Method::POST]),
         ]);
-        assert_eq!(&*r.find(None, &Method::POST, "/v1/accounts/special").unwrap().route.name, "update");
+        assert_eq!(
+            &*r.find(None, &Method::POST, "/v1/accounts/special")
+                .unwrap()
+                .route
+                .name,
+            "update"
+        );
     }
 
     #[test]
     fn hosts_are_matched_first_then_any_host() {
         let r = router(&[
-            ("internal", Some("Internal.Example"), "/v1/x", &[Method::GET]),
+            (
+                "internal",
+                Some("Internal.Example"),
+                "/v1/x",
+                &[Method::GET],
+            ),
             ("public", None, "/v1/x", &[Method::GET]),
         ]);
-        assert_eq!(&*r.find(Some("internal.example:8443"), &Method::GET, "/v1/x").unwrap().route.name, "internal");
-        assert_eq!(&*r.find(Some("other"), &Method::GET, "/v1/x").unwrap().route.name, "public");
+        assert_eq!(
+            &*r.find(Some("internal.example:8443"), &Method::GET, "/v1/x")
+                .unwrap()
+                .route
+                .name,
+            "internal"
+        );
+        assert_eq!(
+            &*r.find(Some("other"), &Method::GET, "/v1/x")
+                .unwrap()
+                .route
+                .name,
+            "public"
+        );
     }
 
     #[test]
     fn same_shape_and_method_is_refused() {
         let mut r = router(&[("a", None, "/v1/{x}/y", &[Method::GET])]);
-        let err = r.insert(None, &parse_template("/v1/{z}/y").unwrap(), &[Method::GET, Method::POST], route("b"));
+        let err = r.insert(
+            None,
+            &parse_template("/v1/{z}/y").unwrap(),
+            &[Method::GET, Method::POST],
+            route("b"),
+        );
         assert_eq!(err.unwrap_err(), "a");
-        assert!(r.insert(None, &parse_template("/v1/{z}/y").unwrap(), &[Method::POST], route("c")).is_ok());
+        assert!(
+            r.insert(
+                None,
+                &parse_template("/v1/{z}/y").unwrap(),
+                &[Method::POST],
+                route("c")
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -119,12 +119,21 @@ pub struct PoolSettings {
 
 impl Cluster {
     /// Creates a cluster.
-    pub fn new(name: &str, endpoints: Vec<(String, Authority)>, protocol: UpstreamProtocol, eject_for: Duration) -> Self {
+    pub fn new(
+        name: &str,
+        endpoints: Vec<(String, Authority)>,
+        protocol: UpstreamProtocol,
+        eject_for: Duration,
+    ) -> Self {
         Self {
             name: name.into(),
             endpoints: endpoints
                 .into_iter()
-                .map(|(a, authority)| Endpoint { address: a.into(), authority, ejected_until_ms: AtomicU64::new(0) })
+                .map(|(a, authority)| Endpoint {
+                    address: a.into(),
+                    authority,
+                    ejected_until_ms: AtomicU64::new(0),
+                })
                 .collect(),
             protocol,
             eject_for,
@@ -151,7 +160,9 @@ impl Cluster {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX).max(1)
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 
     /// Picks the next healthy endpoint, round-robin.
@@ -168,13 +179,17 @@ impl Cluster {
                 return Ok(ep);
             }
         }
-        Err(UpstreamError::NoHealthyEndpoint { cluster: self.name.clone() })
+        Err(UpstreamError::NoHealthyEndpoint {
+            cluster: self.name.clone(),
+        })
     }
 
     /// Marks `ep` unhealthy for `eject_for`.
     pub fn eject(&self, ep: &Endpoint) {
         if !self.eject_for.is_zero() {
-            let until = self.now_ms().saturating_add(u64::try_from(self.eject_for.as_millis()).unwrap_or(u64::MAX));
+            let until = self
+                .now_ms()
+                .saturating_add(u64::try_from(self.eject_for.as_millis()).unwrap_or(u64::MAX));
             ep.ejected_until_ms.store(until, Ordering::Relaxed);
             tracing::warn!(cluster = %self.name, endpoint = %ep.address, eject_for_ms = self.eject_for.as_millis() as u64, "upstream endpoint ejected");
         }
@@ -199,12 +214,25 @@ impl Route {
     #[doc(hidden)]
     pub fn for_tests(name: &str) -> Self {
         let authority = Authority::from_static("127.0.0.1:9");
-        let cluster = Arc::new(Cluster::new("test", vec![("127.0.0.1:9".into(), authority)], UpstreamProtocol::Http1, Duration::ZERO));
+        let cluster = Arc::new(Cluster::new(
+            "test",
+            vec![("127.0.0.1:9".into(), authority)],
+            UpstreamProtocol::Http1,
+            Duration::ZERO,
+        ));
         let client = cluster.client(
             Duration::from_secs(1),
-            PoolSettings { idle_timeout: Duration::from_secs(1), max_idle_per_host: 1 },
+            PoolSettings {
+                idle_timeout: Duration::from_secs(1),
+                max_idle_per_host: 1,
+            },
         );
-        Self { name: name.into(), cluster, client, request_timeout: Duration::from_secs(1) }
+        Self {
+            name: name.into(),
+            cluster,
+            client,
+            request_timeout: Duration::from_secs(1),
+        }
     }
 }
 
@@ -219,7 +247,9 @@ mod tests {
             .map(|a| ((*a).to_owned(), Authority::from_static(a)))
             .collect();
         let c = Cluster::new("c", eps, UpstreamProtocol::Http1, Duration::from_secs(60));
-        let picks: Vec<_> = (0..3).map(|_| c.pick().unwrap().address.to_string()).collect();
+        let picks: Vec<_> = (0..3)
+            .map(|_| c.pick().unwrap().address.to_string())
+            .collect();
         assert_eq!(picks, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
         c.eject(&c.endpoints[1]);
         for _ in 0..6 {
@@ -227,6 +257,9 @@ mod tests {
         }
         c.eject(&c.endpoints[0]);
         c.eject(&c.endpoints[2]);
-        assert!(matches!(c.pick(), Err(UpstreamError::NoHealthyEndpoint { .. })));
+        assert!(matches!(
+            c.pick(),
+            Err(UpstreamError::NoHealthyEndpoint { .. })
+        ));
     }
 }

@@ -47,7 +47,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for h in &HOP_BY_HOP {
         headers.remove(h);
     }
-    let te_trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if !te_trailers {
         headers.remove(header::TE);
     }
@@ -55,8 +57,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Removes every inbound header whose name starts with `x-portcullis-`.
 pub fn strip_identity_headers(headers: &mut HeaderMap) {
-    let names: Vec<HeaderName> =
-        headers.keys().filter(|n| n.as_str().starts_with("x-portcullis-")).cloned().collect();
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-portcullis-"))
+        .cloned()
+        .collect();
     for n in names {
         headers.remove(n);
     }
@@ -69,9 +74,18 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 
 /// Sets `X-Forwarded-For`/`-Proto`/`-Host`. Inbound values are kept (and appended to) only when
 /// the peer is trusted; otherwise they are replaced.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str, host: Option<&HeaderValue>, trusted: bool) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+    trusted: bool,
+) {
     let peer_s = peer.to_string();
-    let xff = match (trusted, headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok())) {
+    let xff = match (
+        trusted,
+        headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
+    ) {
         (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer_s}"),
         _ => peer_s,
     };
@@ -107,7 +121,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("gzip"));
@@ -131,7 +148,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
         let proxy: IpAddr = "10.1.1.1".parse().unwrap();
-        set_forwarded(&mut h, proxy, "http", Some(&HeaderValue::from_static("api")), is_trusted(proxy, &trusted));
+        set_forwarded(
+            &mut h,
+            proxy,
+            "http",
+            Some(&HeaderValue::from_static("api")),
+            is_trusted(proxy, &trusted),
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 10.1.1.1");
         assert_eq!(h[&X_FORWARDED_HOST], "api");
     }

@@ -48,16 +48,18 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let conn = req.extensions().get::<ConnInfo>().cloned();
         let runtime = req.extensions().get::<Arc<Runtime>>().cloned();
-        let host = req
-            .headers()
-            .get(http::header::HOST)
-            .cloned()
-            .or_else(|| req.uri().authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()));
+        let host = req.headers().get(http::header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        });
         let h = req.headers_mut();
         headers::strip_hop_by_hop(h);
         headers::strip_identity_headers(h);
         if let Some(conn) = conn {
-            let trusted = runtime.as_ref().is_some_and(|r| headers::is_trusted(conn.peer.ip(), &r.trusted_proxies));
+            let trusted = runtime
+                .as_ref()
+                .is_some_and(|r| headers::is_trusted(conn.peer.ip(), &r.trusted_proxies));
             let proto = if conn.tls { "https" } else { "http" };
             headers::set_forwarded(h, conn.peer.ip(), proto, host.as_ref(), trusted);
         }

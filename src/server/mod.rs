@@ -110,7 +110,10 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
     }
     let admin_listener = admin::bind(settings.admin).await?;
     let admin_addr = admin_listener.local_addr()?;
-    let addrs = bound.iter().map(|(_, l)| l.local_addr()).collect::<std::io::Result<Vec<_>>>()?;
+    let addrs = bound
+        .iter()
+        .map(|(_, l)| l.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()?;
     let (tx, rx) = watch::channel(false);
     let pipeline = stack::build(&shared, settings.access_log);
     let tracker = Arc::new(Tracker::default());
@@ -125,7 +128,12 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
             rx.clone(),
         )));
     }
-    tokio::spawn(admin::serve(admin_listener, metrics.clone(), shared.ready.clone(), rx.clone()));
+    tokio::spawn(admin::serve(
+        admin_listener,
+        metrics.clone(),
+        shared.ready.clone(),
+        rx.clone(),
+    ));
     shared.ready.set(true);
     tracing::info!(listeners = ?addrs, admin = %admin_addr, "portcullis is serving");
     let ready = shared.ready.clone();
@@ -138,7 +146,11 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
         for t in accept_tasks {
             let _ = t.await;
         }
-        tracing::info!(open_connections = tracker.open.load(Ordering::SeqCst), grace_ms = grace.as_millis() as u64, "draining");
+        tracing::info!(
+            open_connections = tracker.open.load(Ordering::SeqCst),
+            grace_ms = grace.as_millis() as u64,
+            "draining"
+        );
         let drained = tokio::time::timeout(grace, async {
             loop {
                 let notified = tracker.idle.notified();
@@ -151,10 +163,19 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
         .await;
         match drained {
             Ok(()) => tracing::info!("all connections closed"),
-            Err(_) => tracing::warn!(open_connections = tracker.open.load(Ordering::SeqCst), "grace period over; closing"),
+            Err(_) => tracing::warn!(
+                open_connections = tracker.open.load(Ordering::SeqCst),
+                "grace period over; closing"
+            ),
         }
     });
-    Ok(Running { addrs, admin_addr, shared, shutdown: tx, task })
+    Ok(Running {
+        addrs,
+        admin_addr,
+        shared,
+        shutdown: tx,
+        task,
+    })
 }
 
 async fn accept_loop(
@@ -182,9 +203,15 @@ async fn accept_loop(
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(1024));
     let builder = Arc::new(builder);
-    let open = metrics.connections_open.with_label_values(&[&settings.name]);
-    let accepted_total = metrics.connections.with_label_values(&[&settings.name, "accepted"]);
-    let rejected_total = metrics.connections.with_label_values(&[&settings.name, "rejected_limit"]);
+    let open = metrics
+        .connections_open
+        .with_label_values(&[&settings.name]);
+    let accepted_total = metrics
+        .connections
+        .with_label_values(&[&settings.name, "accepted"]);
+    let rejected_total = metrics
+        .connections
+        .with_label_values(&[&settings.name, "rejected_limit"]);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -214,8 +241,14 @@ async fn accept_loop(
         };
         tracker.open.fetch_add(1, Ordering::SeqCst);
         open.inc();
-        let (builder, pipeline, settings, tracker, open, shutdown) =
-            (builder.clone(), pipeline.clone(), settings.clone(), tracker.clone(), open.clone(), shutdown.clone());
+        let (builder, pipeline, settings, tracker, open, shutdown) = (
+            builder.clone(),
+            pipeline.clone(),
+            settings.clone(),
+            tracker.clone(),
+            open.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
             serve_connection(stream, info, &builder, pipeline, &settings, shutdown).await;
             drop(permit);
@@ -261,7 +294,11 @@ struct ActivityIo {
 }
 
 impl AsyncRead for ActivityIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -272,7 +309,11 @@ impl AsyncRead for ActivityIo {
 }
 
 impl AsyncWrite for ActivityIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -309,8 +350,15 @@ async fn serve_connection(
     settings: &ListenerSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let activity = Arc::new(Activity { epoch: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) });
-    let io = TokioIo::new(ActivityIo { inner: stream, activity: activity.clone() });
+    let activity = Arc::new(Activity {
+        epoch: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+    });
+    let io = TokioIo::new(ActivityIo {
+        inner: stream,
+        activity: activity.clone(),
+    });
     let act = activity.clone();
     let peer = info.peer;
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {

@@ -1,1 +1,14 @@
-//! Integration tests: the gateway in-process on port 0 with real backends.
+//! Integration tests: the gateway in-process on port 0 (or as a process, for signals) with real
+//! backends on port 0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+mod cli;
+mod correlation;
+mod errors;
+mod limits;
+mod observe;
+mod proxy;
+mod reload;

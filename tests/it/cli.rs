@@ -1,0 +1,171 @@
+//! The command line: `validate` reports every mistake; `run` drains on SIGTERM and exits 0.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+const THREE_MISTAKES: &str = "routes:
+  - name: get-account
+    methods: [GET]
+    path: /v1/accounts/{account_id}
+    cluster: acounts
+  - name: list-transactions
+    methods: [GET]
+    path: /v1/accounts/{account_id}/transactions
+    cluster: accounts
+    timeout: 5s
+  - name: create-payment
+    methods: [POST
+    path: /v1/payments
+    cluster: accounts
+";
+
+#[test]
+fn validate_reports_every_mistake_with_its_line_and_fails() {
+    let dir = TempDir::new();
+    let cfg = dir.write(
+        "gateway.yaml",
+        "listeners:\n  - name: public\n    address: 127.0.0.1:0\nclusters:\n  accounts:\n    endpoints: [\"127.0.0.1:9\"]\npolicies: routes\n",
+    );
+    dir.write("routes/finance.yaml", THREE_MISTAKES);
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "validate must fail:\n{text}");
+    let file = dir.path().join("routes/finance.yaml").display().to_string();
+    let expect = [
+        (
+            format!("{file}:5:14: error: unknown cluster `acounts`"),
+            "did you mean `accounts`?",
+        ),
+        (
+            format!("{file}:10:5: error: unknown key `timeout`"),
+            "did you mean `timeouts`?",
+        ),
+        (format!("{file}:12:14: error: YAML syntax error"), ""),
+    ];
+    for (line, hint) in &expect {
+        assert!(text.contains(line.as_str()), "missing `{line}` in:\n{text}");
+        assert!(text.contains(hint), "missing hint `{hint}` in:\n{text}");
+    }
+    assert!(text.contains("3 errors found"), "{text}");
+}
+
+#[test]
+fn validate_accepts_the_demo_config_and_names_missing_variables() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo/gateway.yaml");
+    let out = Command::new(BIN)
+        .args(["validate", "--config", demo])
+        .env("DEMO_ACCOUNTS_ADDR", "127.0.0.1:7001")
+        .env("DEMO_PAYMENTS_ADDR", "127.0.0.1:7002")
+        .env("DEMO_REPORTS_ADDR", "127.0.0.1:7003")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("5 route(s)"));
+
+    let out = Command::new(BIN)
+        .args(["validate", "--config", demo])
+        .env_remove("DEMO_ACCOUNTS_ADDR")
+        .env("DEMO_PAYMENTS_ADDR", "127.0.0.1:7002")
+        .env("DEMO_REPORTS_ADDR", "127.0.0.1:7003")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("gateway.yaml:18:")
+            && text.contains("environment variable `DEMO_ACCOUNTS_ADDR` is not set"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_slow_request_finish_refuses_new_connections_and_exits_zero() {
+    let backend = Backend::start("slow").await;
+    let port = closed_port();
+    let admin = closed_port();
+    let dir = TempDir::new();
+    let cfg = dir.write(
+        "gateway.yaml",
+        &format!(
+            "listeners:\n  - name: public\n    address: {port}\nadmin:\n  address: {admin}\nclusters:\n  slow:\n    endpoints: [\"{}\"]\npolicies: routes\nshutdown:\n  grace: 20s\nlog:\n  level: warn\n",
+            backend.addr
+        ),
+    );
+    dir.write(
+        "routes/r.yaml",
+        "routes:\n  - name: slow\n    methods: [GET]\n    path: /slow\n    cluster: slow\n",
+    );
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = client::<http_body_util::Full<bytes::Bytes>>()
+            .get(format!("http://{admin}/readyz").parse().unwrap())
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let slow = tokio::spawn(get_owned(format!("http://{port}/slow?ms=2000")));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        backend.hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the slow request is in flight"
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    // New connections are refused while the slow request drains.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if tokio::net::TcpStream::connect(port).await.is_err() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the listener still accepts after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200, "the in-flight request completes");
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+}
+
+async fn get_owned(url: String) -> Resp {
+    get(&url, &[]).await
+}
