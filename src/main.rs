@@ -216,3 +216,8 @@ async fn backend(listen: SocketAddr) -> ExitCode {
         }
     }
 }
+
+// mimalloc: per-thread free lists suit the thread-per-core workers; glibc malloc showed ~8% of
+// gateway CPU in profiles under proxy load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -12,6 +12,9 @@ use super::validate::Checked;
 use crate::proxy::Router;
 use crate::proxy::upstream::{Cluster, PoolSettings, Route, UpstreamClient, UpstreamProtocol};
 
+/// Per connect timeout, one client per worker.
+type ClientsByTimeout = HashMap<Duration, Arc<[UpstreamClient]>>;
+
 /// The compiled configuration the request path reads (one `ArcSwap::load` per request).
 #[derive(Debug)]
 pub struct Runtime {
@@ -31,11 +34,7 @@ pub struct Runtime {
 /// Only if validation let an inconsistency through (reported, never panics).
 pub fn compile(checked: Checked) -> Result<Runtime, String> {
     let mut clusters = HashMap::new();
-    let mut built: Vec<(
-        Arc<Cluster>,
-        PoolSettings,
-        HashMap<Duration, UpstreamClient>,
-    )> = Vec::new();
+    let mut built: Vec<(Arc<Cluster>, PoolSettings, ClientsByTimeout)> = Vec::new();
     for c in &checked.clusters {
         let protocol = match c.protocol {
             RawProtocol::Http1 => UpstreamProtocol::Http1,
@@ -63,14 +62,20 @@ pub fn compile(checked: Checked) -> Result<Runtime, String> {
             ));
         };
         // Routes with the same connect timeout share one client, so they share its pool.
-        let client = clients
+        // Each worker has its own client (and pool), so a pooled connection never hops between
+        // event loops; routes with the same connect timeout share them.
+        let clients = clients
             .entry(r.connect_timeout)
-            .or_insert_with(|| cluster.client(r.connect_timeout, *pool))
+            .or_insert_with(|| {
+                (0..checked.workers.max(1))
+                    .map(|_| cluster.client(r.connect_timeout, *pool))
+                    .collect()
+            })
             .clone();
         let route = Arc::new(Route {
             name: r.name.as_str().into(),
             cluster: cluster.clone(),
-            client,
+            clients,
             request_timeout: r.request_timeout,
         });
         router

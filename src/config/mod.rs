@@ -217,6 +217,7 @@ pub fn load_sources(
         poll_interval: part.poll_interval,
         shutdown_grace: part.shutdown_grace,
         policies_dir,
+        workers: part.workers,
     })
 }
 

@@ -172,6 +172,7 @@ pub const GATEWAY_KEYS: &[&str] = &[
     "log",
     "reload",
     "shutdown",
+    "workers",
 ];
 /// Top-level keys of a policies file.
 pub const POLICY_KEYS: &[&str] = &["routes"];

@@ -101,6 +101,8 @@ pub struct Checked {
     pub shutdown_grace: Duration,
     /// The policies folder, when loaded from disk.
     pub policies_dir: Option<PathBuf>,
+    /// Worker threads serving traffic (each with its own event loop and upstream pools).
+    pub workers: usize,
 }
 
 /// Suggests the candidate closest to `word`, if any is close.
@@ -265,6 +267,7 @@ pub(super) struct GatewayPart {
     pub poll_interval: Duration,
     pub shutdown_grace: Duration,
     pub policies: Option<(String, Pos)>,
+    pub workers: usize,
 }
 
 pub(super) fn check_gateway(
@@ -444,6 +447,25 @@ pub(super) fn check_gateway(
         },
         None => None,
     };
+    let default_workers =
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut workers = default_workers;
+    if let Some(node) = root.get("workers")
+        && let Some(n) = ctx.decode::<usize>(node, "workers")
+    {
+        if (1..=256).contains(&n) {
+            workers = n;
+        } else {
+            ctx.err(
+                node.pos,
+                "workers",
+                format!("workers must be between 1 and 256, not {n}"),
+                Some(format!(
+                    "leave it out to use one per CPU ({default_workers} here)"
+                )),
+            );
+        }
+    }
     GatewayPart {
         listeners,
         admin,
@@ -454,6 +476,7 @@ pub(super) fn check_gateway(
         poll_interval,
         shutdown_grace,
         policies,
+        workers,
     }
 }
 

@@ -4,14 +4,26 @@
 //! bounded sets (route names from config, a fixed method list, status classes) so a client can
 //! never grow the series count.
 
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
-/// Every metric the gateway exports.
+/// Every metric the gateway exports; cloning is one reference-count increment.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<MetricsInner>);
+
+impl std::ops::Deref for Metrics {
+    type Target = MetricsInner;
+    fn deref(&self) -> &MetricsInner {
+        &self.0
+    }
+}
+
+/// The metric handles behind [`Metrics`].
+pub struct MetricsInner {
     registry: Registry,
     /// Requests by route, method and status class.
     pub requests: IntCounterVec,
@@ -33,6 +45,12 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Upstream request latency (until response headers) by cluster.
     pub upstream_duration: HistogramVec,
+}
+
+impl std::fmt::Debug for MetricsInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsInner")
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -142,7 +160,7 @@ impl Metrics {
         registry.register(Box::new(config_last_success.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(build_info))?;
-        Ok(Self {
+        Ok(Self(Arc::new(MetricsInner {
             registry,
             requests,
             request_duration,
@@ -154,7 +172,7 @@ impl Metrics {
             config_last_success,
             errors,
             upstream_duration,
-        })
+        })))
     }
 
     /// Renders the Prometheus text exposition format.

@@ -112,7 +112,7 @@ async fn forward(
     }
 
     let started = Instant::now();
-    let result = tokio::time::timeout(route.request_timeout, route.client.request(req)).await;
+    let result = tokio::time::timeout(route.request_timeout, route.client().request(req)).await;
     metrics
         .upstream_duration
         .with_label_values(&[&*cluster.name])

@@ -203,13 +203,28 @@ pub struct Route {
     pub name: Arc<str>,
     /// The cluster behind the route.
     pub cluster: Arc<Cluster>,
-    /// The pooled client for the cluster, with this route's connect timeout.
-    pub client: UpstreamClient,
+    /// Pooled clients for the cluster with this route's connect timeout, one per worker.
+    pub clients: Arc<[UpstreamClient]>,
     /// Time allowed for the upstream to answer with response headers.
     pub request_timeout: Duration,
 }
 
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as traffic worker `id` (selects its upstream pools).
+pub fn set_worker(id: usize) {
+    WORKER.with(|w| w.set(id));
+}
+
 impl Route {
+    /// The calling worker's pooled client.
+    pub fn client(&self) -> &UpstreamClient {
+        let i = WORKER.with(std::cell::Cell::get);
+        &self.clients[i % self.clients.len()]
+    }
+
     /// A route to an unreachable single-endpoint cluster, for unit tests.
     #[doc(hidden)]
     pub fn for_tests(name: &str) -> Self {
@@ -230,7 +245,7 @@ impl Route {
         Self {
             name: name.into(),
             cluster,
-            client,
+            clients: Arc::new([client]),
             request_timeout: Duration::from_secs(1),
         }
     }

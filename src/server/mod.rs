@@ -94,6 +94,11 @@ struct Tracker {
 
 /// Binds every listener and the admin listener, then serves until shutdown.
 ///
+/// Traffic is served by `workers` threads, each running its own single-threaded event loop
+/// over a shared listening socket and its own upstream pools (the Envoy model): a request is
+/// handled start to finish on one thread, with no cross-thread wake-ups. The admin listener,
+/// the reloader and signal handling stay on the caller's runtime.
+///
 /// # Errors
 /// When an address cannot be bound.
 pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Running> {
@@ -105,29 +110,50 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
     });
     let mut bound = Vec::new();
     for l in &settings.listeners {
-        let listener = TcpListener::bind(l.address).await?;
-        bound.push((l.clone(), listener));
+        let listener = std::net::TcpListener::bind(l.address)?;
+        listener.set_nonblocking(true)?;
+        // One connection limit per listener, shared by all workers.
+        bound.push((
+            Arc::new(l.clone()),
+            listener,
+            Arc::new(Semaphore::new(l.max_connections)),
+        ));
     }
     let admin_listener = admin::bind(settings.admin).await?;
     let admin_addr = admin_listener.local_addr()?;
     let addrs = bound
         .iter()
-        .map(|(_, l)| l.local_addr())
+        .map(|(_, l, _)| l.local_addr())
         .collect::<std::io::Result<Vec<_>>>()?;
     let (tx, rx) = watch::channel(false);
     let pipeline = stack::build(&shared, settings.access_log);
-    let tracker = Arc::new(Tracker::default());
-    let mut accept_tasks = Vec::new();
-    for (l, listener) in bound {
-        accept_tasks.push(tokio::spawn(accept_loop(
-            listener,
-            Arc::new(l),
-            pipeline.clone(),
-            metrics.clone(),
-            tracker.clone(),
-            rx.clone(),
-        )));
+    let workers = settings.workers.max(1);
+    let mut done = Vec::new();
+    for w in 0..workers {
+        // Every worker gets its own descriptor of each listening socket; the socket closes
+        // (and refuses new connections) once the last worker lets go of it.
+        let mut listeners = Vec::new();
+        for (l, sock, limit) in &bound {
+            listeners.push((l.clone(), sock.try_clone()?, limit.clone()));
+        }
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let ctx = WorkerCtx {
+            id: w,
+            listeners,
+            pipeline: pipeline.clone(),
+            metrics: metrics.clone(),
+            shutdown: rx.clone(),
+            grace: settings.shutdown_grace,
+        };
+        std::thread::Builder::new()
+            .name(format!("portcullis-w{w}"))
+            .spawn(move || {
+                worker_main(ctx);
+                let _ = done_tx.send(());
+            })?;
+        done.push(done_rx);
     }
+    drop(bound);
     tokio::spawn(admin::serve(
         admin_listener,
         metrics.clone(),
@@ -135,39 +161,16 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
         rx.clone(),
     ));
     shared.ready.set(true);
-    tracing::info!(listeners = ?addrs, admin = %admin_addr, "portcullis is serving");
+    tracing::info!(listeners = ?addrs, admin = %admin_addr, workers, "portcullis is serving");
     let ready = shared.ready.clone();
-    let grace = settings.shutdown_grace;
     let mut stop = rx;
     let task = tokio::spawn(async move {
         let _ = stop.wait_for(|s| *s).await;
         ready.set(false);
-        // Closing the listeners refuses new connections from here on.
-        for t in accept_tasks {
-            let _ = t.await;
+        for d in done {
+            let _ = d.await;
         }
-        tracing::info!(
-            open_connections = tracker.open.load(Ordering::SeqCst),
-            grace_ms = grace.as_millis() as u64,
-            "draining"
-        );
-        let drained = tokio::time::timeout(grace, async {
-            loop {
-                let notified = tracker.idle.notified();
-                if tracker.open.load(Ordering::SeqCst) == 0 {
-                    break;
-                }
-                notified.await;
-            }
-        })
-        .await;
-        match drained {
-            Ok(()) => tracing::info!("all connections closed"),
-            Err(_) => tracing::warn!(
-                open_connections = tracker.open.load(Ordering::SeqCst),
-                "grace period over; closing"
-            ),
-        }
+        tracing::info!("all workers stopped");
     });
     Ok(Running {
         addrs,
@@ -178,15 +181,92 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
     })
 }
 
+struct WorkerCtx {
+    id: usize,
+    listeners: Vec<(Arc<ListenerSettings>, std::net::TcpListener, Arc<Semaphore>)>,
+    pipeline: stack::Pipeline,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+    grace: Duration,
+}
+
+/// One traffic worker: accepts, serves, and on shutdown drains its connections up to the grace
+/// period.
+fn worker_main(ctx: WorkerCtx) {
+    crate::proxy::upstream::set_worker(ctx.id);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = ctx.id, error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let tracker = Arc::new(Tracker::default());
+        let mut accept_tasks = Vec::new();
+        for (settings, sock, limit) in ctx.listeners {
+            let listener = match TcpListener::from_std(sock) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(worker = ctx.id, error = %e, "cannot register a listener");
+                    continue;
+                }
+            };
+            accept_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                settings,
+                limit,
+                ctx.pipeline.clone(),
+                ctx.metrics.clone(),
+                tracker.clone(),
+                ctx.shutdown.clone(),
+            )));
+        }
+        // The accept loops end at shutdown; their listeners close with them.
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        let open = tracker.open.load(Ordering::SeqCst);
+        if open > 0 {
+            tracing::info!(
+                worker = ctx.id,
+                open_connections = open,
+                grace_ms = ctx.grace.as_millis() as u64,
+                "draining"
+            );
+        }
+        let drained = tokio::time::timeout(ctx.grace, async {
+            loop {
+                let notified = tracker.idle.notified();
+                if tracker.open.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                worker = ctx.id,
+                open_connections = tracker.open.load(Ordering::SeqCst),
+                "grace period over; closing"
+            );
+        }
+    });
+}
+
 async fn accept_loop(
     listener: TcpListener,
     settings: Arc<ListenerSettings>,
+    limit: Arc<Semaphore>,
     pipeline: stack::Pipeline,
     metrics: Metrics,
     tracker: Arc<Tracker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(settings.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -260,22 +340,17 @@ async fn accept_loop(
     }
 }
 
-/// Last I/O time and requests in flight on one connection.
-#[derive(Debug)]
+/// I/O events and requests in flight on one connection. The idle check compares the event
+/// count between ticks, so the hot path never reads a clock.
+#[derive(Debug, Default)]
 struct Activity {
-    epoch: Instant,
-    last_ms: AtomicU64,
+    events: AtomicU64,
     in_flight: AtomicUsize,
 }
 
 impl Activity {
     fn touch(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-    fn idle_for(&self) -> Duration {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+        self.events.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -350,11 +425,7 @@ async fn serve_connection(
     settings: &ListenerSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let activity = Arc::new(Activity {
-        epoch: Instant::now(),
-        last_ms: AtomicU64::new(0),
-        in_flight: AtomicUsize::new(0),
-    });
+    let activity = Arc::new(Activity::default());
     let io = TokioIo::new(ActivityIo {
         inner: stream,
         activity: activity.clone(),
@@ -376,8 +447,10 @@ async fn serve_connection(
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     let idle = settings.idle_timeout;
-    let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let tick = (idle / 4).clamp(Duration::from_millis(25), Duration::from_secs(5));
     let mut closing = false;
+    let mut last_events = u64::MAX;
+    let mut quiet_since = Instant::now();
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -391,7 +464,11 @@ async fn serve_connection(
                 closing = true;
             }
             () = tokio::time::sleep(tick), if !closing => {
-                if activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= idle {
+                let events = activity.events.load(Ordering::Relaxed);
+                if events != last_events || activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    last_events = events;
+                    quiet_since = Instant::now();
+                } else if quiet_since.elapsed() >= idle {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
