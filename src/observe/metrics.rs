@@ -4,7 +4,13 @@
 //! bounded sets (route names from config, a fixed method list, status classes) so a client can
 //! never grow the series count.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus::{Histogram, IntCounter};
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -24,6 +30,7 @@ impl std::ops::Deref for Metrics {
 
 /// The metric handles behind [`Metrics`].
 pub struct MetricsInner {
+    id: u64,
     registry: Registry,
     /// Requests by route, method and status class.
     pub requests: IntCounterVec,
@@ -160,7 +167,9 @@ impl Metrics {
         registry.register(Box::new(config_last_success.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(build_info))?;
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(Self(Arc::new(MetricsInner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             request_duration,
@@ -173,6 +182,61 @@ impl Metrics {
             errors,
             upstream_duration,
         })))
+    }
+
+    /// Counts a finished request (route `None` = unmatched) and its latency.
+    ///
+    /// Label lookups are cached per thread, so the hot path touches no lock and no hash of the
+    /// label set; only the counters' own atomics.
+    pub fn observe_request(
+        &self,
+        route: Option<&Arc<str>>,
+        method: &http::Method,
+        status: http::StatusCode,
+        elapsed: Duration,
+    ) {
+        let name = route.map_or("none", |r| &**r);
+        ROUTES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let cache = cache.entry(self.id).or_default();
+            if !cache.contains_key(name) {
+                cache.insert(
+                    name.into(),
+                    RouteHandles {
+                        duration: self.request_duration.with_label_values(&[name]),
+                        requests: Default::default(),
+                    },
+                );
+            }
+            let Some(entry) = cache.get_mut(name) else {
+                return;
+            };
+            let m = method_index(method);
+            let c = class_index(status);
+            let counter = entry.requests[m][c].get_or_insert_with(|| {
+                self.requests
+                    .with_label_values(&[name, METHODS[m], CLASSES[c]])
+            });
+            counter.inc();
+            entry.duration.observe(elapsed.as_secs_f64());
+        });
+    }
+
+    /// Records the time an upstream took to answer with headers.
+    pub fn observe_upstream(&self, cluster: &str, elapsed: Duration) {
+        CLUSTERS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let cache = cache.entry(self.id).or_default();
+            if !cache.contains_key(cluster) {
+                cache.insert(
+                    cluster.into(),
+                    self.upstream_duration.with_label_values(&[cluster]),
+                );
+            }
+            if let Some(h) = cache.get(cluster) {
+                h.observe(elapsed.as_secs_f64());
+            }
+        });
     }
 
     /// Renders the Prometheus text exposition format.
@@ -195,6 +259,36 @@ impl Metrics {
             self.config_last_success
                 .set(i64::try_from(now).unwrap_or(i64::MAX));
         }
+    }
+}
+
+struct RouteHandles {
+    duration: Histogram,
+    requests: [[Option<IntCounter>; 5]; 8],
+}
+
+thread_local! {
+    static ROUTES: RefCell<HashMap<u64, HashMap<Box<str>, RouteHandles>>> = RefCell::new(HashMap::new());
+    static CLUSTERS: RefCell<HashMap<u64, HashMap<Box<str>, Histogram>>> = RefCell::new(HashMap::new());
+}
+
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "OTHER",
+];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn method_index(m: &http::Method) -> usize {
+    let label = method_label(m);
+    METHODS.iter().position(|x| *x == label).unwrap_or(7)
+}
+
+fn class_index(s: http::StatusCode) -> usize {
+    match s.as_u16() {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 

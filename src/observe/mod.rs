@@ -112,20 +112,8 @@ where
             let mut res = res?;
             let elapsed = started.elapsed();
             let route = slot.get().cloned();
-            let route_label = route.as_deref().unwrap_or("none");
             let status = res.status();
-            metrics
-                .requests
-                .with_label_values(&[
-                    route_label,
-                    metrics::method_label(&method),
-                    metrics::status_class(status),
-                ])
-                .inc();
-            metrics
-                .request_duration
-                .with_label_values(&[route_label])
-                .observe(elapsed.as_secs_f64());
+            metrics.observe_request(route.as_ref(), &method, status, elapsed);
             if let Some(kind) = res.extensions().get::<ErrorKind>() {
                 metrics.errors.with_label_values(&[kind.0]).inc();
             }

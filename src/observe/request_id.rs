@@ -65,26 +65,59 @@ impl RequestId {
     }
 }
 
-/// The W3C trace context of this hop.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The W3C trace context of this hop (fixed-size, allocation-free).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
-    /// 32 lowercase hex digits.
-    pub trace_id: String,
-    /// This hop's span id (16 hex digits), sent upstream as the parent id.
-    pub span_id: String,
+    /// The trace id.
+    pub trace_id: [u8; 16],
+    /// This hop's span id, sent upstream as the parent id.
+    pub span_id: [u8; 8],
     /// The inbound parent id, when the trace was continued.
-    pub parent_id: Option<String>,
-    /// Trace flags (2 hex digits).
-    pub flags: String,
+    pub parent_id: Option<[u8; 8]>,
+    /// Trace flags.
+    pub flags: u8,
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+}
+
+/// Lowercase hex of `bytes`.
+pub fn to_hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(&mut out, bytes);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn unhex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let nib = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (nib(s[2 * i])? << 4) | nib(s[2 * i + 1])?;
+    }
+    Some(out)
 }
 
 impl TraceContext {
     /// Continues a valid inbound `traceparent` or starts a new sampled trace.
     pub fn from_inbound(value: Option<&HeaderValue>) -> Self {
-        let span_id = random_hex(8);
-        if let Some((trace_id, parent, flags)) = value
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_traceparent)
+        let random = uuid::Uuid::new_v4().as_u128().to_le_bytes();
+        let mut span_id = [0u8; 8];
+        span_id.copy_from_slice(&random[..8]);
+        span_id[0] |= 1; // never all zeros
+        if let Some((trace_id, parent, flags)) = value.and_then(|v| parse_traceparent(v.as_bytes()))
         {
             return Self {
                 trace_id,
@@ -93,55 +126,49 @@ impl TraceContext {
                 flags,
             };
         }
+        let mut trace_id = uuid::Uuid::new_v4().as_u128().to_le_bytes();
+        trace_id[15] |= 1;
         Self {
-            trace_id: random_hex(16),
+            trace_id,
             span_id,
             parent_id: None,
-            flags: "01".to_owned(),
+            flags: 1,
         }
     }
 
     /// The `traceparent` value to send upstream.
     pub fn header_value(&self) -> HeaderValue {
-        let s = format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags);
-        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&mut buf[3..35], &self.trace_id);
+        hex_into(&mut buf[36..52], &self.span_id);
+        hex_into(&mut buf[53..55], &[self.flags]);
+        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// The trace id as 32 hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        to_hex(&self.trace_id)
     }
 }
 
-/// Parses a version-00 `traceparent`; returns (trace id, parent id, flags).
-pub fn parse_traceparent(s: &str) -> Option<(String, String, String)> {
-    let parts: Vec<&str> = s.trim().split('-').collect();
-    let [version, trace, parent, flags, rest @ ..] = parts.as_slice() else {
-        return None;
-    };
-    let hex = |p: &str, n: usize| {
-        p.len() == n && p.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    // Version ff is invalid; version 00 has exactly four fields; future versions may add fields.
-    if !hex(version, 2) || *version == "ff" || (*version == "00" && !rest.is_empty()) {
+/// Parses a `traceparent`; returns (trace id, parent id, flags). Version `ff`, all-zero ids,
+/// upper-case hex and a version-00 value with extra fields are invalid.
+pub fn parse_traceparent(s: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
+    let s = s.trim_ascii();
+    if s.len() < 55 || s[2] != b'-' || s[35] != b'-' || s[52] != b'-' {
         return None;
     }
-    if !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2) {
+    let version: [u8; 1] = unhex(&s[0..2])?;
+    if version[0] == 0xff || (version[0] == 0 && s.len() != 55) || (s.len() > 55 && s[55] != b'-') {
         return None;
     }
-    if trace.bytes().all(|c| c == b'0') || parent.bytes().all(|c| c == b'0') {
+    let trace: [u8; 16] = unhex(&s[3..35])?;
+    let parent: [u8; 8] = unhex(&s[36..52])?;
+    let flags: [u8; 1] = unhex(&s[53..55])?;
+    if trace == [0; 16] || parent == [0; 8] {
         return None;
     }
-    Some((
-        (*trace).to_owned(),
-        (*parent).to_owned(),
-        (*flags).to_owned(),
-    ))
-}
-
-fn random_hex(bytes: usize) -> String {
-    use std::fmt::Write;
-    let r = uuid::Uuid::new_v4();
-    let mut out = String::with_capacity(bytes * 2);
-    for b in &r.as_bytes()[..bytes.min(16)] {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    Some((trace, parent, flags[0]))
 }
 
 /// Adds [`RequestId`] and [`TraceContext`] to every request and the id to every response.
@@ -228,6 +255,16 @@ mod tests {
     }
 
     #[test]
+    fn future_versions_may_carry_more_fields() {
+        let v = b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-ever";
+        assert!(parse_traceparent(v).is_some());
+        assert!(
+            parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x")
+                .is_none()
+        );
+    }
+
+    #[test]
     fn generated_ids_are_uuid_v7() {
         let id = RequestId::generate();
         let u = uuid::Uuid::parse_str(id.as_str()).unwrap();
@@ -239,9 +276,19 @@ mod tests {
         let inbound =
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let t = TraceContext::from_inbound(Some(&inbound));
-        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(t.parent_id.as_deref(), Some("00f067aa0ba902b7"));
-        assert_ne!(t.span_id, "00f067aa0ba902b7");
+        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            t.parent_id.map(|p| to_hex(&p)).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert_ne!(to_hex(&t.span_id), "00f067aa0ba902b7");
+        let out = t.header_value();
+        assert!(
+            out.to_str()
+                .unwrap()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
+        assert!(out.to_str().unwrap().ends_with("-01"));
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
@@ -249,10 +296,11 @@ mod tests {
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "garbage",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
         ] {
             let t = TraceContext::from_inbound(Some(&HeaderValue::from_static(bad)));
             assert!(t.parent_id.is_none(), "{bad} must start a new trace");
-            assert!(parse_traceparent(t.header_value().to_str().unwrap()).is_some());
+            assert!(parse_traceparent(t.header_value().as_bytes()).is_some());
         }
     }
 }

@@ -13,6 +13,7 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version, header};
 use tower::Service;
 
+use super::pool::PoolError;
 use super::router::RouteMatch;
 use super::upstream::{UpstreamError, UpstreamProtocol};
 use crate::error::GatewayError;
@@ -81,7 +82,7 @@ async fn forward(
     };
     let route = m.route;
     let cluster = &route.cluster;
-    let ep = cluster.pick().map_err(|e| count(metrics, e))?;
+    let (ep_index, ep) = cluster.pick().map_err(|e| count(metrics, e))?;
 
     // Keep the client's Host; HTTP/2 clients send it as :authority.
     if !req.headers().contains_key(header::HOST)
@@ -97,26 +98,38 @@ async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(ep.authority.clone());
-    parts.path_and_query = Some(pq);
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| GatewayError::Internal(e.to_string()))?;
-    *req.version_mut() = match cluster.protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::H2c => Version::HTTP_2,
-    };
-    if cluster.protocol == UpstreamProtocol::H2c {
-        // HTTP/2 carries the authority in the URI; a Host header would be a second source.
-        req.headers_mut().remove(header::HOST);
+    match cluster.protocol {
+        UpstreamProtocol::Http1 => {
+            // Origin-form request line; the Host header names the authority.
+            if req.uri().scheme().is_some() {
+                *req.uri_mut() = Uri::from(pq);
+            }
+            *req.version_mut() = Version::HTTP_11;
+        }
+        UpstreamProtocol::H2c => {
+            // HTTP/2 carries the authority in :authority (the client's host), never twice.
+            let authority = req
+                .headers_mut()
+                .remove(header::HOST)
+                .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| ep.authority.clone());
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(authority);
+            parts.path_and_query = Some(pq);
+            *req.uri_mut() =
+                Uri::from_parts(parts).map_err(|e| GatewayError::Internal(e.to_string()))?;
+            *req.version_mut() = Version::HTTP_2;
+        }
     }
 
     let started = Instant::now();
-    let result = tokio::time::timeout(route.request_timeout, route.client().request(req)).await;
-    metrics
-        .upstream_duration
-        .with_label_values(&[&*cluster.name])
-        .observe(started.elapsed().as_secs_f64());
+    let pool = route.client().endpoints.get(ep_index).cloned();
+    let Some(pool) = pool else {
+        return Err(GatewayError::Internal("endpoint pool missing".into()));
+    };
+    let result = tokio::time::timeout(route.request_timeout, pool.send(req)).await;
+    metrics.observe_upstream(&cluster.name, started.elapsed());
     let res = match result {
         Err(_) => {
             return Err(count(
@@ -131,27 +144,32 @@ async fn forward(
         Ok(Err(e)) => {
             let endpoint = ep.address.clone();
             let name = cluster.name.clone();
-            let err = if e.is_connect() {
-                if is_timeout(&e) {
+            let err = match e {
+                PoolError::ConnectTimeout => UpstreamError::Timeout {
+                    cluster: name,
+                    endpoint,
+                    after: route.request_timeout,
+                },
+                PoolError::Connect(io) if io.kind() == std::io::ErrorKind::TimedOut => {
                     UpstreamError::Timeout {
                         cluster: name,
                         endpoint,
                         after: route.request_timeout,
                     }
-                } else {
+                }
+                PoolError::Connect(io) => {
                     cluster.eject(ep);
                     UpstreamError::Refused {
                         cluster: name,
                         endpoint,
-                        source: Box::new(e),
+                        source: Box::new(io),
                     }
                 }
-            } else {
-                UpstreamError::Protocol {
+                PoolError::Http(e) => UpstreamError::Protocol {
                     cluster: name,
                     endpoint,
                     source: Box::new(e),
-                }
+                },
             };
             return Err(count(metrics, err));
         }
@@ -162,20 +180,7 @@ async fn forward(
         cluster: cluster.name.clone(),
         endpoint: ep.address.clone(),
     });
-    Ok(Response::from_parts(parts, crate::boxed(body)))
-}
-
-fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Converts the pipeline's errors into problem responses (the "rescue" at the end of the stack).

@@ -11,11 +11,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::Body;
+use super::pool::{EndpointPool, WorkerPools};
 
 /// Why the upstream could not answer. Variants carry detail for logs only.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +87,8 @@ pub struct Endpoint {
     ejected_until_ms: AtomicU64,
 }
 
-/// The pooled client a route uses to reach its cluster.
-pub type UpstreamClient = Client<HttpConnector, Body>;
+/// The pooled connections a route uses to reach its cluster (one set per worker).
+pub type UpstreamClient = WorkerPools;
 
 /// A named group of endpoints.
 #[derive(Debug)]
@@ -142,21 +139,24 @@ impl Cluster {
         }
     }
 
-    /// Builds a pooled client for this cluster with the given connect timeout.
+    /// Builds connection pools (one per endpoint) for one worker, with the given connect timeout.
     pub fn client(&self, connect_timeout: Duration, pool: PoolSettings) -> UpstreamClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(pool.idle_timeout)
-            .pool_max_idle_per_host(pool.max_idle_per_host);
-        if self.protocol == UpstreamProtocol::H2c {
-            b.http2_only(true);
+        let h2 = self.protocol == UpstreamProtocol::H2c;
+        WorkerPools {
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| {
+                    Arc::new(EndpointPool::new(
+                        e.address.clone(),
+                        h2,
+                        connect_timeout,
+                        pool.idle_timeout,
+                        pool.max_idle_per_host,
+                    ))
+                })
+                .collect(),
         }
-        b.build(connector)
     }
 
     fn now_ms(&self) -> u64 {
@@ -169,14 +169,21 @@ impl Cluster {
     ///
     /// # Errors
     /// [`UpstreamError::NoHealthyEndpoint`] when every endpoint is ejected.
-    pub fn pick(&self) -> Result<&Endpoint, UpstreamError> {
+    pub fn pick(&self) -> Result<(usize, &Endpoint), UpstreamError> {
         let n = self.endpoints.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let now = self.now_ms();
+        let start = if n == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        };
+        let mut now = None;
         for i in 0..n {
-            let ep = &self.endpoints[(start + i) % n];
-            if ep.ejected_until_ms.load(Ordering::Relaxed) <= now {
-                return Ok(ep);
+            let idx = (start + i) % n;
+            let ep = &self.endpoints[idx];
+            let until = ep.ejected_until_ms.load(Ordering::Relaxed);
+            // Healthy endpoints (0) are taken without reading the clock.
+            if until == 0 || until <= *now.get_or_insert_with(|| self.now_ms()) {
+                return Ok((idx, ep));
             }
         }
         Err(UpstreamError::NoHealthyEndpoint {
@@ -263,12 +270,12 @@ mod tests {
             .collect();
         let c = Cluster::new("c", eps, UpstreamProtocol::Http1, Duration::from_secs(60));
         let picks: Vec<_> = (0..3)
-            .map(|_| c.pick().unwrap().address.to_string())
+            .map(|_| c.pick().unwrap().1.address.to_string())
             .collect();
         assert_eq!(picks, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
         c.eject(&c.endpoints[1]);
         for _ in 0..6 {
-            assert_ne!(&*c.pick().unwrap().address, "127.0.0.1:2");
+            assert_ne!(&*c.pick().unwrap().1.address, "127.0.0.1:2");
         }
         c.eject(&c.endpoints[0]);
         c.eject(&c.endpoints[2]);

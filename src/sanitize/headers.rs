@@ -28,31 +28,46 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 /// `X-Forwarded-Host`.
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
+    HOP_BY_HOP.contains(name)
+        || (name == header::TE
+            && !headers
+                .get(header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")))
+}
+
 /// Removes hop-by-hop headers, including those named in `Connection`. `TE: trailers` survives.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// With `identity`, also every `x-portcullis-*` header. One scan over the names; nothing is
+/// allocated when there is nothing to remove (the common case).
+pub fn strip(headers: &mut HeaderMap, identity: bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if is_hop_by_hop(name, headers) || (identity && name.as_str().starts_with("x-portcullis-"))
+        {
+            doomed.push(name.clone());
+        }
+    }
+    if doomed.is_empty() {
+        return;
+    }
     if let Some(conn) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            // Never let `Connection` strip end-to-end headers the gateway itself sets.
-            if n != crate::observe::request_id::X_REQUEST_ID {
-                headers.remove(n);
+        for n in conn.to_str().unwrap_or("").split(',') {
+            if let Ok(n) = HeaderName::from_bytes(n.trim().as_bytes())
+                // Never let `Connection` strip end-to-end headers the gateway itself sets.
+                && n != crate::observe::request_id::X_REQUEST_ID
+            {
+                doomed.push(n);
             }
         }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for n in doomed {
+        headers.remove(n);
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_trailers {
-        headers.remove(header::TE);
-    }
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`. `TE: trailers` survives.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip(headers, false);
 }
 
 /// Removes every inbound header whose name starts with `x-portcullis-`.
@@ -109,7 +124,7 @@ pub fn set_forwarded(
 
 /// Removes headers from an upstream response that leak the backend's identity or the hop.
 pub fn clean_response(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
+    strip(headers, false);
     headers.remove(header::SERVER);
     headers.remove("x-powered-by");
 }

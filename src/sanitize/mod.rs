@@ -54,8 +54,7 @@ where
                 .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
         });
         let h = req.headers_mut();
-        headers::strip_hop_by_hop(h);
-        headers::strip_identity_headers(h);
+        headers::strip(h, true);
         if let Some(conn) = conn {
             let trusted = runtime
                 .as_ref()

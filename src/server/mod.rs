@@ -108,14 +108,22 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
         metrics: metrics.clone(),
         ready: Readiness::default(),
     });
+    let workers = settings.workers.max(1);
+    // Each worker gets its own SO_REUSEPORT socket per listener, so the kernel spreads new
+    // connections evenly across workers (a shared socket let one worker take most of them).
+    // The first socket resolves port 0; the others bind the port it got.
     let mut bound = Vec::new();
     for l in &settings.listeners {
-        let listener = std::net::TcpListener::bind(l.address)?;
-        listener.set_nonblocking(true)?;
+        let first = reuseport_listener(l.address)?;
+        let actual = first.local_addr()?;
+        let mut socks = vec![first];
+        for _ in 1..workers {
+            socks.push(reuseport_listener(actual)?);
+        }
         // One connection limit per listener, shared by all workers.
         bound.push((
             Arc::new(l.clone()),
-            listener,
+            socks,
             Arc::new(Semaphore::new(l.max_connections)),
         ));
     }
@@ -123,18 +131,17 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
     let admin_addr = admin_listener.local_addr()?;
     let addrs = bound
         .iter()
-        .map(|(_, l, _)| l.local_addr())
+        .map(|(_, socks, _)| socks[0].local_addr())
         .collect::<std::io::Result<Vec<_>>>()?;
     let (tx, rx) = watch::channel(false);
     let pipeline = stack::build(&shared, settings.access_log);
-    let workers = settings.workers.max(1);
     let mut done = Vec::new();
     for w in 0..workers {
-        // Every worker gets its own descriptor of each listening socket; the socket closes
-        // (and refuses new connections) once the last worker lets go of it.
         let mut listeners = Vec::new();
-        for (l, sock, limit) in &bound {
-            listeners.push((l.clone(), sock.try_clone()?, limit.clone()));
+        for (l, socks, limit) in &mut bound {
+            if let Some(sock) = socks.pop() {
+                listeners.push((l.clone(), sock, limit.clone()));
+            }
         }
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         let ctx = WorkerCtx {
@@ -179,6 +186,23 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
         shutdown: tx,
         task,
     })
+}
+
+/// A listening socket with SO_REUSEADDR and SO_REUSEPORT, handed over as a std listener so a
+/// worker can register it with its own event loop.
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(1024)?;
+    let std = listener.into_std()?;
+    std.set_nonblocking(true)?;
+    Ok(std)
 }
 
 struct WorkerCtx {
