@@ -20,6 +20,7 @@ HOST=127.0.0.1                         # fixed: load never leaves loopback
 DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-2s}"
 CONNECTIONS="${CONNECTIONS:-64}"
+ROUNDS="${ROUNDS:-3}"
 BACKEND_PORT="${BACKEND_PORT:-18081}"
 NGINX_PORT="${NGINX_PORT:-18082}"
 PORTCULLIS_PORT="${PORTCULLIS_PORT:-18083}"
@@ -159,6 +160,7 @@ require_200() { # name url
 }
 
 # ------------------------------------------------------------ validation ----
+[[ "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || die "ROUNDS must be 1..99"
 DURATION_S="$(to_seconds "$DURATION" DURATION)"
 WARMUP_S="$(to_seconds "$WARMUP" WARMUP)"
 [[ "$CONNECTIONS" =~ ^[0-9]+$ ]] && ((CONNECTIONS >= 1 && CONNECTIONS <= 4096)) \
@@ -401,7 +403,10 @@ wait_http backend "$BACKEND_PID" "http://$HOST:$BACKEND_PORT$BENCH_PATH" "" "$TM
 require_200 backend "http://$HOST:$BACKEND_PORT$BENCH_PATH"
 measure backend "$BACKEND_PORT"
 
-# ----------------------------------------------------------------- nginx ----
+# ------------------------------------------------------- nginx, portcullis ----
+# Both proxies run side by side and are measured in alternating rounds (nginx, portcullis,
+# nginx, …); the table shows each one's median round, so a noisy moment on the box cannot
+# favour one of them.
 NGINX_ARGS=(-c "$TMP/nginx/nginx.conf" -p "$TMP/nginx/")
 NGINX_HELP="$(nginx -h 2>&1 || true)"
 if grep -q -- '-e filename' <<<"$NGINX_HELP"; then NGINX_ARGS+=(-e "$TMP/nginx/error.log"); fi
@@ -411,10 +416,7 @@ start_service nginx "$TMP/nginx/stdout.log" nginx "${NGINX_ARGS[@]}"
 NGINX_PID=$LAST_PID
 wait_http nginx "$NGINX_PID" "http://$HOST:$NGINX_PORT$BENCH_PATH" "" "$TMP/nginx/error.log"
 require_200 nginx "http://$HOST:$NGINX_PORT$BENCH_PATH"
-measure nginx "$NGINX_PORT"
-stop_service "$NGINX_PID"
 
-# ------------------------------------------------------------ portcullis ----
 if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
     # cwd = work dir, so a relative `policies: routes` resolves either way.
     # shellcheck disable=SC2016  # $1/$2 are expanded by the inner bash
@@ -423,9 +425,32 @@ if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
     PC_PID=$LAST_PID
     wait_http portcullis "$PC_PID" "http://$HOST:$ADMIN_PORT/readyz" 200 "$TMP/portcullis.log"
     require_200 portcullis "http://$HOST:$PORTCULLIS_PORT$BENCH_PATH"
-    measure portcullis "$PORTCULLIS_PORT"
-    stop_service "$PC_PID"
 fi
+
+ROUND_LINES=()
+for ((r = 1; r <= ROUNDS; r++)); do
+    measure "nginx-$r" "$NGINX_PORT"
+    line="| $r | ${RPS[nginx-$r]}"
+    if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+        measure "portcullis-$r" "$PORTCULLIS_PORT"
+        line+=" | ${RPS[portcullis-$r]} | $(python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "${RPS[portcullis-$r]}" "${RPS[nginx-$r]}") |"
+    else
+        line+=" | skipped | |"
+    fi
+    ROUND_LINES+=("$line")
+done
+stop_service "$NGINX_PID"
+if [[ "$SKIP_PORTCULLIS" != 1 ]]; then stop_service "$PC_PID"; fi
+
+# median NAME: the round whose req/s is the median becomes RPS/P50/P99/NOTE[NAME].
+median() {
+    local name="$1" best
+    best="$(for ((r = 1; r <= ROUNDS; r++)); do echo "${RPS[$name-$r]} $r"; done | sort -n | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2) { print $2 }')"
+    RPS[$name]="${RPS[$name-$best]}"; P50[$name]="${P50[$name-$best]}"; P99[$name]="${P99[$name-$best]}"
+    NOTE[$name]="${NOTE[$name-$best]}"
+}
+median nginx
+if [[ "$SKIP_PORTCULLIS" != 1 ]]; then median portcullis; fi
 
 stop_service "$BACKEND_PID"
 
@@ -449,6 +474,8 @@ REPORT="$(
     echo "- backend: $BACKEND_DESC"
     if [[ "$SKIP_PORTCULLIS" != 1 ]]; then echo "- portcullis: \`$BIN\` ($PC_VERSION)"; fi
     echo
+    echo "Median of $ROUNDS alternating rounds for the proxies (one run for the backend):"
+    echo
     echo "| target | req/s | p50 ms | p99 ms | req/s ratio vs nginx |"
     echo "|---|---:|---:|---:|---:|"
     row "$BACKEND_LABEL direct" backend
@@ -462,8 +489,14 @@ REPORT="$(
     for n in backend nginx portcullis; do
         if [[ -n "${NOTE[$n]:-}" && "${NOTE[$n]}" != "-" ]]; then echo "- warning, $n: ${NOTE[$n]}"; fi
     done
+    echo "Rounds (req/s):"
+    echo
+    echo "| round | nginx | portcullis | ratio |"
+    echo "|---:|---:|---:|---:|"
+    printf '%s\n' "${ROUND_LINES[@]}"
+    echo
     if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
-        echo "Portcullis/nginx req/s ratio: $(ratio "${RPS[portcullis]}" "${RPS[nginx]}")"
+        echo "Portcullis/nginx req/s ratio (medians): $(ratio "${RPS[portcullis]}" "${RPS[nginx]}")"
     else
         echo "Portcullis/nginx req/s ratio: n/a (SKIP_PORTCULLIS=1)"
     fi

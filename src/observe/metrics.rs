@@ -267,9 +267,34 @@ struct RouteHandles {
     requests: [[Option<IntCounter>; 5]; 8],
 }
 
+/// FNV-1a: the cache keys are route and cluster names from the config, not client input, so a
+/// fast non-keyed hash is safe here.
+#[derive(Default, Clone, Copy)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
 thread_local! {
-    static ROUTES: RefCell<HashMap<u64, HashMap<Box<str>, RouteHandles>>> = RefCell::new(HashMap::new());
-    static CLUSTERS: RefCell<HashMap<u64, HashMap<Box<str>, Histogram>>> = RefCell::new(HashMap::new());
+    static ROUTES: RefCell<FnvMap<u64, FnvMap<Box<str>, RouteHandles>>> = RefCell::new(FnvMap::default());
+    static CLUSTERS: RefCell<FnvMap<u64, FnvMap<Box<str>, Histogram>>> = RefCell::new(FnvMap::default());
 }
 
 const METHODS: [&str; 8] = [

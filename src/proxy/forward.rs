@@ -23,10 +23,25 @@ use crate::{Body, BoxFuture};
 /// Which upstream served a response (for logs; never sent to the client).
 #[derive(Debug, Clone)]
 pub struct UpstreamInfo {
-    /// Cluster name.
-    pub cluster: Arc<str>,
-    /// Endpoint address.
-    pub endpoint: Arc<str>,
+    /// The route (and so the cluster) that served it.
+    pub route: Arc<super::upstream::Route>,
+    /// Index of the endpoint in the cluster.
+    pub endpoint: usize,
+}
+
+impl UpstreamInfo {
+    /// The cluster's name.
+    pub fn cluster(&self) -> &str {
+        &self.route.cluster.name
+    }
+    /// The endpoint's address.
+    pub fn endpoint(&self) -> &str {
+        self.route
+            .cluster
+            .endpoints
+            .get(self.endpoint)
+            .map_or("", |e| &*e.address)
+    }
 }
 
 /// Forwards routed requests to their cluster.
@@ -177,8 +192,8 @@ async fn forward(
     };
     let (mut parts, body) = res.into_parts();
     parts.extensions.insert(UpstreamInfo {
-        cluster: cluster.name.clone(),
-        endpoint: ep.address.clone(),
+        route,
+        endpoint: ep_index,
     });
     Ok(Response::from_parts(parts, body))
 }

@@ -114,7 +114,8 @@ pub fn parse_template(t: &str) -> Result<Vec<Segment>, String> {
 
 #[derive(Debug, Default)]
 struct Node {
-    statics: HashMap<Box<str>, Node>,
+    /// Sorted by segment; binary search beats hashing for the handful of children a node has.
+    statics: Vec<(Box<str>, Node)>,
     param: Option<Box<Node>>,
     endpoint: Option<Endpoint>,
 }
@@ -154,7 +155,19 @@ impl Router {
         let mut names = Vec::new();
         for seg in template {
             node = match seg {
-                Segment::Static(s) => node.statics.entry(s.as_str().into()).or_default(),
+                Segment::Static(s) => {
+                    let i = match node
+                        .statics
+                        .binary_search_by(|(k, _)| (**k).cmp(s.as_str()))
+                    {
+                        Ok(i) => i,
+                        Err(i) => {
+                            node.statics.insert(i, (s.as_str().into(), Node::default()));
+                            i
+                        }
+                    };
+                    &mut node.statics[i].1
+                }
                 Segment::Param(p) => {
                     names.push(Arc::<str>::from(p.as_str()));
                     node.param.get_or_insert_with(Box::default)
@@ -260,7 +273,8 @@ fn search<'a>(
     if seg.is_empty() || (!last && tail.is_empty()) {
         return None;
     }
-    if let Some(child) = node.statics.get(seg)
+    if let Ok(i) = node.statics.binary_search_by(|(k, _)| (**k).cmp(seg))
+        && let Some((_, child)) = node.statics.get(i)
         && let Some(m) = search(child, tail, method, values, first)
     {
         return Some(m);

@@ -91,20 +91,29 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 /// the peer is trusted; otherwise they are replaced.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     proto: &'static str,
     host: Option<&HeaderValue>,
     trusted: bool,
 ) {
-    let peer_s = peer.to_string();
-    let xff = match (
-        trusted,
-        headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
-    ) {
-        (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer_s}"),
-        _ => peer_s,
+    let prev = if trusted {
+        headers
+            .get(&X_FORWARDED_FOR)
+            .filter(|v| !v.as_bytes().trim_ascii().is_empty())
+    } else {
+        None
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let value = match prev {
+        Some(prev) => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + peer.len());
+            joined.extend_from_slice(prev.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        None => Some(peer.clone()),
+    };
+    if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -156,7 +165,8 @@ mod tests {
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         let peer: IpAddr = "192.0.2.1".parse().unwrap();
-        set_forwarded(&mut h, peer, "http", None, is_trusted(peer, &trusted));
+        let peer_v = HeaderValue::from_static("192.0.2.1");
+        set_forwarded(&mut h, &peer_v, "http", None, is_trusted(peer, &trusted));
         assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
 
@@ -165,7 +175,7 @@ mod tests {
         let proxy: IpAddr = "10.1.1.1".parse().unwrap();
         set_forwarded(
             &mut h,
-            proxy,
+            &HeaderValue::from_static("10.1.1.1"),
             "http",
             Some(&HeaderValue::from_static("api")),
             is_trusted(proxy, &trusted),

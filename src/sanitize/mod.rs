@@ -60,7 +60,7 @@ where
                 .as_ref()
                 .is_some_and(|r| headers::is_trusted(conn.peer.ip(), &r.trusted_proxies));
             let proto = if conn.tls { "https" } else { "http" };
-            headers::set_forwarded(h, conn.peer.ip(), proto, host.as_ref(), trusted);
+            headers::set_forwarded(h, &conn.peer_ip, proto, host.as_ref(), trusted);
         }
         let fut = self.inner.call(req);
         Box::pin(async move {

@@ -42,6 +42,8 @@ pub struct ConnInfo {
     pub listener: Arc<str>,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The peer's IP as a header value (formatted once per connection).
+    pub peer_ip: http::HeaderValue,
 }
 
 /// State shared by every connection and the reloader.
@@ -342,6 +344,8 @@ async fn accept_loop(
             local: stream.local_addr().unwrap_or(peer),
             listener: settings.name.clone(),
             tls: false,
+            peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
         };
         tracker.open.fetch_add(1, Ordering::SeqCst);
         open.inc();
