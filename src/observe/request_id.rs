@@ -15,6 +15,9 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The `traceparent` header name.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
+/// The `tracestate` header name.
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
 /// Longest inbound request id that is kept.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -209,7 +212,7 @@ where
         headers.insert(TRACEPARENT, trace.header_value());
         if trace.parent_id.is_none() {
             // A new trace makes any inbound vendor state meaningless.
-            headers.remove("tracestate");
+            headers.remove(TRACESTATE);
         }
         let value = id.header_value();
         req.extensions_mut().insert(id);

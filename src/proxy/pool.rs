@@ -158,7 +158,7 @@ impl EndpointPool {
             if let Some(s) = existing {
                 return Ok((Sender::H2(s), true));
             }
-            return Ok((self.connect().await?, false));
+            return Ok((Box::pin(self.connect()).await?, false));
         }
         while let Some(mut s) = self.take_idle() {
             // A connection whose last response just ended may need one turn of its task.
@@ -166,7 +166,7 @@ impl EndpointPool {
                 return Ok((Sender::H1(s), true));
             }
         }
-        Ok((self.connect().await?, false))
+        Ok((Box::pin(self.connect()).await?, false))
     }
 
     /// Sends `req` on a pooled (or new) connection. The response body returns the connection
@@ -182,7 +182,7 @@ impl EndpointPool {
             // on a fresh connection.
             Err(mut e) if reused && e.error().is_canceled() => match e.take_message() {
                 Some(req) => {
-                    let fresh = self.connect().await?;
+                    let fresh = Box::pin(self.connect()).await?;
                     self.send_on(fresh, req)
                         .await
                         .map_err(|e| PoolError::Http(e.into_error()))

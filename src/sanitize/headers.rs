@@ -21,6 +21,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// `X-Powered-By`.
+const X_POWERED_BY: HeaderName = HeaderName::from_static("x-powered-by");
+
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
@@ -135,7 +138,7 @@ pub fn set_forwarded(
 pub fn clean_response(headers: &mut HeaderMap) {
     strip(headers, false);
     headers.remove(header::SERVER);
-    headers.remove("x-powered-by");
+    headers.remove(X_POWERED_BY);
 }
 
 #[cfg(test)]

@@ -46,8 +46,19 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let conn = req.extensions().get::<ConnInfo>().cloned();
-        let runtime = req.extensions().get::<Arc<Runtime>>().cloned();
+        // Read what the forwarded headers need before the headers are borrowed mutably; the
+        // clones are reference counts, never copies.
+        let forwarded = req.extensions().get::<ConnInfo>().map(|conn| {
+            let trusted = req.extensions().get::<Arc<Runtime>>().is_some_and(|r| {
+                !r.trusted_proxies.is_empty()
+                    && headers::is_trusted(conn.peer.ip(), &r.trusted_proxies)
+            });
+            (
+                conn.peer_ip.clone(),
+                if conn.tls { "https" } else { "http" },
+                trusted,
+            )
+        });
         let host = req.headers().get(http::header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
@@ -55,12 +66,8 @@ where
         });
         let h = req.headers_mut();
         headers::strip(h, true);
-        if let Some(conn) = conn {
-            let trusted = runtime
-                .as_ref()
-                .is_some_and(|r| headers::is_trusted(conn.peer.ip(), &r.trusted_proxies));
-            let proto = if conn.tls { "https" } else { "http" };
-            headers::set_forwarded(h, &conn.peer_ip, proto, host.as_ref(), trusted);
+        if let Some((peer_ip, proto, trusted)) = forwarded {
+            headers::set_forwarded(h, &peer_ip, proto, host.as_ref(), trusted);
         }
         let fut = self.inner.call(req);
         Box::pin(async move {

@@ -199,37 +199,80 @@ async fn logs_are_json_lines_and_each_line_of_a_request_carries_its_id() {
         assert!(Instant::now() < deadline, "gateway did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = get(&format!("http://{port}/dead"), &[("x-request-id", "log-test-dead")]).await;
+    let r = get(
+        &format!("http://{port}/dead"),
+        &[("x-request-id", "log-test-dead")],
+    )
+    .await;
     assert_eq!(r.status, 502);
-    let r = get(&format!("http://{port}/live"), &[("x-request-id", "log-test-live")]).await;
+    let r = get(
+        &format!("http://{port}/live"),
+        &[("x-request-id", "log-test-live")],
+    )
+    .await;
     assert_eq!(r.status, 200);
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<serde_json::Value> = text
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
+        })
         .collect();
     let id_of = |v: &serde_json::Value| {
-        v.get("request_id").or_else(|| v.get("span").and_then(|s| s.get("request_id"))).and_then(|x| x.as_str()).map(str::to_owned)
+        v.get("request_id")
+            .or_else(|| v.get("span").and_then(|s| s.get("request_id")))
+            .and_then(|x| x.as_str())
+            .map(str::to_owned)
     };
     // The failed request logged more than its access line (the upstream failure and the
     // ejection), and every one of those lines names it.
-    let dead_lines: Vec<&serde_json::Value> =
-        lines.iter().filter(|v| id_of(v).as_deref() == Some("log-test-dead")).collect();
+    let dead_lines: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| id_of(v).as_deref() == Some("log-test-dead"))
+        .collect();
     assert!(dead_lines.len() >= 3, "{text}");
-    assert!(dead_lines.iter().any(|v| v["message"] == "upstream failure"), "{text}");
-    assert!(dead_lines.iter().any(|v| v["message"] == "upstream endpoint ejected"), "{text}");
-    let access: Vec<&serde_json::Value> = lines.iter().filter(|v| v["target"] == "portcullis::access").collect();
+    assert!(
+        dead_lines
+            .iter()
+            .any(|v| v["message"] == "upstream failure"),
+        "{text}"
+    );
+    assert!(
+        dead_lines
+            .iter()
+            .any(|v| v["message"] == "upstream endpoint ejected"),
+        "{text}"
+    );
+    let access: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| v["target"] == "portcullis::access")
+        .collect();
     assert_eq!(access.len(), 2, "{text}");
-    let live_access = access.iter().find(|v| v["request_id"] == "log-test-live").expect("access line of the live request");
+    let live_access = access
+        .iter()
+        .find(|v| v["request_id"] == "log-test-live")
+        .expect("access line of the live request");
     assert_eq!(live_access["route"], "live");
     assert_eq!(live_access["status"], 200);
     assert_eq!(live_access["upstream_cluster"], "live");
     assert!(live_access["bytes"].as_u64().unwrap() > 0);
-    let dead_access = access.iter().find(|v| v["request_id"] == "log-test-dead").unwrap();
+    let dead_access = access
+        .iter()
+        .find(|v| v["request_id"] == "log-test-dead")
+        .unwrap();
     assert_eq!(dead_access["error"], "upstream-unavailable");
     // Lines outside any request (start, stop) carry no request id.
-    assert!(lines.iter().any(|v| v["message"] == "portcullis is serving" && id_of(v).is_none()));
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["message"] == "portcullis is serving" && id_of(v).is_none())
+    );
 }
