@@ -394,9 +394,9 @@ if [[ -n "$BACKEND_CMD" ]]; then
     BACKEND_LABEL="backend (BACKEND_CMD)"
     BACKEND_DESC="stand-in, BACKEND_CMD=\`$BACKEND_CMD\`"
 else
-    start_service backend "$TMP/backend.log" "$BIN" backend --listen "$HOST:$BACKEND_PORT"
+    start_service backend "$TMP/backend.log" "$BIN" backend --fixed --listen "$HOST:$BACKEND_PORT"
     BACKEND_LABEL="backend (portcullis backend)"
-    BACKEND_DESC="\`portcullis backend --listen $HOST:$BACKEND_PORT\`"
+    BACKEND_DESC="\`portcullis backend --fixed --listen $HOST:$BACKEND_PORT\`"
 fi
 BACKEND_PID=$LAST_PID
 wait_http backend "$BACKEND_PID" "http://$HOST:$BACKEND_PORT$BENCH_PATH" "" "$TMP/backend.log"

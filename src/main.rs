@@ -47,6 +47,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:18081")]
         listen: SocketAddr,
+        /// Answer every request with the same constant body (benchmarks).
+        #[arg(long)]
+        fixed: bool,
     },
 }
 
@@ -78,7 +81,7 @@ fn main() -> ExitCode {
             Command::Validate { config } => validate(&config),
             Command::Run { config } => run(&config).await,
             Command::Demo => demo().await,
-            Command::Backend { listen } => backend(listen).await,
+            Command::Backend { listen, fixed } => backend(listen, fixed).await,
         }
     })
 }
@@ -203,11 +206,15 @@ async fn demo() -> ExitCode {
     supervise(running, None).await
 }
 
-async fn backend(listen: SocketAddr) -> ExitCode {
+async fn backend(listen: SocketAddr, fixed: bool) -> ExitCode {
     match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => {
             out(&format!("demo backend listening on http://{listen}\n"));
-            portcullis::demo::backend::serve(l).await;
+            if fixed {
+                portcullis::demo::backend::serve_fixed(l).await;
+            } else {
+                portcullis::demo::backend::serve(l).await;
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -114,6 +114,34 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
     Ok(res)
 }
 
+/// Answers every request with the same small account JSON: constant work per request, whatever
+/// the request carries, so a benchmark compares the proxies and not the backend.
+pub async fn fixed(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    const BODY: &[u8] = br#"{"account_id":"acc-100","owner":"alice@acme","currency":"EUR","balance":"15230.75","status":"active"}"#;
+    let mut res = Response::new(Full::new(Bytes::from_static(BODY)));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(res)
+}
+
+/// Serves [`fixed`] on `listener` forever (HTTP/1.1 and h2c).
+pub async fn serve_fixed(listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(fixed);
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
 /// Serves [`handle`] on `listener` forever (HTTP/1.1 and h2c).
 pub async fn serve(listener: TcpListener) {
     loop {

@@ -297,7 +297,9 @@ async fn accept_loop(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        // The worker's watchdog enforces the header-read timeout for all connections with one
+        // timer; hyper's would arm a timer per request.
+        .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes)
         .max_headers(settings.max_headers)
         .keep_alive(true);
@@ -309,6 +311,19 @@ async fn accept_loop(
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(1024));
     let builder = Arc::new(builder);
+    let watchdog = Arc::new(Watchdog::default());
+    let tick = (settings.header_read_timeout.min(settings.idle_timeout) / 4)
+        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let dog = watchdog.clone();
+    let (header_timeout, idle) = (settings.header_read_timeout, settings.idle_timeout);
+    let watch_task = tokio::spawn(async move {
+        let mut every = tokio::time::interval(tick);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            dog.scan(header_timeout, idle);
+        }
+    });
     let open = metrics
         .connections_open
         .with_label_values(&[&settings.name]);
@@ -349,16 +364,15 @@ async fn accept_loop(
         };
         tracker.open.fetch_add(1, Ordering::SeqCst);
         open.inc();
-        let (builder, pipeline, settings, tracker, open, shutdown) = (
+        let (builder, pipeline, watchdog, tracker, open) = (
             builder.clone(),
             pipeline.clone(),
-            settings.clone(),
+            watchdog.clone(),
             tracker.clone(),
             open.clone(),
-            shutdown.clone(),
         );
         tokio::spawn(async move {
-            serve_connection(stream, info, &builder, pipeline, &settings, shutdown).await;
+            serve_connection(stream, info, &builder, pipeline, &watchdog).await;
             drop(permit);
             open.dec();
             if tracker.open.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -366,26 +380,130 @@ async fn accept_loop(
             }
         });
     }
+    // Shutdown: every open connection finishes its in-flight request and closes. The watchdog
+    // keeps running (it is dropped with the worker's runtime) so slow clients still time out.
+    watchdog.close_all();
+    drop(watch_task);
 }
 
-/// I/O events and requests in flight on one connection. The idle check compares the event
-/// count between ticks, so the hot path never reads a clock.
+/// What the connection task and the worker's watchdog share about one connection. The hot
+/// path only bumps counters; the watchdog (one timer per worker, not per request) reads them,
+/// decides about header-read and idle timeouts and shutdown, and wakes the connection.
 #[derive(Debug, Default)]
 struct Activity {
-    events: AtomicU64,
+    /// Successful reads.
+    reads: AtomicU64,
+    /// Successful writes.
+    writes: AtomicU64,
+    /// Requests being served.
     in_flight: AtomicUsize,
+    /// `reads` when the connection last became idle (`u64::MAX` before the first request), so
+    /// "bytes arrived while idle" means a request head is being read.
+    reads_at_idle: AtomicU64,
+    /// 0 serve, 1 close gracefully, 2 close now.
+    verdict: std::sync::atomic::AtomicU8,
+    waker: atomic_waker::AtomicWaker,
 }
 
 impl Activity {
+    fn new() -> Self {
+        Self {
+            reads_at_idle: AtomicU64::new(u64::MAX),
+            ..Self::default()
+        }
+    }
     fn touch(&self) {
-        self.events.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+    fn decide(&self, verdict: u8) {
+        if self.verdict.fetch_max(verdict, Ordering::AcqRel) < verdict {
+            self.waker.wake();
+        }
+    }
+}
+
+const CLOSE_GRACEFULLY: u8 = 1;
+const CLOSE_NOW: u8 = 2;
+
+/// The watchdog's own view of one connection.
+struct Watched {
+    activity: std::sync::Weak<Activity>,
+    head_since: Option<Instant>,
+    last_events: u64,
+    quiet_since: Instant,
+}
+
+/// One per worker: enforces `header_read_timeout` (slowloris) and `idle_timeout` for all of
+/// the worker's connections of a listener with a single periodic timer.
+#[derive(Default)]
+struct Watchdog {
+    conns: std::sync::Mutex<Vec<Watched>>,
+}
+
+impl Watchdog {
+    fn watch(&self, a: &Arc<Activity>) {
+        if let Ok(mut c) = self.conns.lock() {
+            c.push(Watched {
+                activity: Arc::downgrade(a),
+                head_since: None,
+                last_events: u64::MAX,
+                quiet_since: Instant::now(),
+            });
+        }
+    }
+
+    fn scan(&self, header_timeout: Duration, idle: Duration) {
+        let now = Instant::now();
+        let Ok(mut conns) = self.conns.lock() else {
+            return;
+        };
+        conns.retain_mut(|w| {
+            let Some(a) = w.activity.upgrade() else {
+                return false;
+            };
+            let in_flight = a.in_flight.load(Ordering::Relaxed);
+            let reads = a.reads.load(Ordering::Relaxed);
+            let events = reads.wrapping_add(a.writes.load(Ordering::Relaxed));
+            // A request head is being read: bytes arrived (or none yet) since the connection
+            // was last idle, and no request has started.
+            let reading_head = in_flight == 0 && reads != a.reads_at_idle.load(Ordering::Relaxed);
+            if reading_head {
+                let since = *w.head_since.get_or_insert(now);
+                if now.duration_since(since) >= header_timeout {
+                    a.decide(CLOSE_NOW);
+                }
+            } else {
+                w.head_since = None;
+            }
+            if events != w.last_events || in_flight > 0 {
+                w.last_events = events;
+                w.quiet_since = now;
+            } else if now.duration_since(w.quiet_since) >= idle {
+                a.decide(CLOSE_GRACEFULLY);
+            }
+            true
+        });
+    }
+
+    fn close_all(&self) {
+        if let Ok(conns) = self.conns.lock() {
+            for w in conns.iter() {
+                if let Some(a) = w.activity.upgrade() {
+                    a.decide(CLOSE_GRACEFULLY);
+                }
+            }
+        }
     }
 }
 
 struct InFlightGuard(Arc<Activity>);
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0
+                .reads_at_idle
+                .store(self.0.reads.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         self.0.touch();
     }
 }
@@ -405,7 +523,7 @@ impl AsyncRead for ActivityIo {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.reads.fetch_add(1, Ordering::Relaxed);
         }
         r
     }
@@ -450,10 +568,10 @@ async fn serve_connection(
     info: ConnInfo,
     builder: &auto::Builder<TokioExecutor>,
     pipeline: stack::Pipeline,
-    settings: &ListenerSettings,
-    mut shutdown: watch::Receiver<bool>,
+    watchdog: &Watchdog,
 ) {
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(Activity::new());
+    watchdog.watch(&activity);
     let io = TokioIo::new(ActivityIo {
         inner: stream,
         activity: activity.clone(),
@@ -474,33 +592,21 @@ async fn serve_connection(
     });
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
-    let idle = settings.idle_timeout;
-    let tick = (idle / 4).clamp(Duration::from_millis(25), Duration::from_secs(5));
     let mut closing = false;
-    let mut last_events = u64::MAX;
-    let mut quiet_since = Instant::now();
-    loop {
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
-                }
-                break;
-            }
-            _ = shutdown.wait_for(|s| *s), if !closing => {
-                conn.as_mut().graceful_shutdown();
+    let res = std::future::poll_fn(|cx| {
+        activity.waker.register(cx.waker());
+        match activity.verdict.load(Ordering::Acquire) {
+            CLOSE_NOW => return Poll::Ready(Ok(())),
+            CLOSE_GRACEFULLY if !closing => {
                 closing = true;
+                conn.as_mut().graceful_shutdown();
             }
-            () = tokio::time::sleep(tick), if !closing => {
-                let events = activity.events.load(Ordering::Relaxed);
-                if events != last_events || activity.in_flight.load(Ordering::Relaxed) > 0 {
-                    last_events = events;
-                    quiet_since = Instant::now();
-                } else if quiet_since.elapsed() >= idle {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
+            _ => {}
         }
+        conn.as_mut().poll(cx)
+    })
+    .await;
+    if let Err(e) = res {
+        tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
     }
 }

@@ -100,6 +100,33 @@ async fn slowloris_headers_and_idle_connections_are_closed() {
         "slow header sender not cut off"
     );
 
+    // A connection that never sends a byte is cut off by the same timeout.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    assert!(
+        read_until_closed(&mut s, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "silent connection not cut off"
+    );
+
+    // A slow head on a keep-alive connection, after a first request: cut off too.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /r HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    s.write_all(b"GET /r HTTP/1.1\r\nHost: x\r\nX-Slow")
+        .await
+        .unwrap();
+    assert!(
+        read_until_closed(&mut s, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "slow second head not cut off"
+    );
+
     // A finished request, then silence: closed by the idle timeout.
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET /r HTTP/1.1\r\nHost: x\r\n\r\n")
