@@ -23,6 +23,9 @@ pub enum GatewayError {
     /// The upstream could not answer (502 / 503 / 504).
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// Authentication failed.
+    #[error(transparent)]
+    Authn(#[from] crate::authn::AuthnError),
     /// The request itself is malformed.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -155,6 +158,16 @@ pub fn problem(err: &GatewayError) -> Problem {
                 "The service behind this route did not answer within the route's timeout. Retry later, or ask the API operator to review the route's timeout.",
             ),
         },
+        GatewayError::Authn(crate::authn::AuthnError::MtlsIdentityRequired { requirement }) => {
+            Problem::new(
+                S::FORBIDDEN,
+                "mtls-identity-required",
+                "A client certificate with another identity is required",
+                format!(
+                    "This route admits only callers whose client certificate matches: {requirement}. Connect with such a certificate."
+                ),
+            )
+        }
         GatewayError::BadRequest(what) => Problem::new(
             S::BAD_REQUEST,
             "bad-request",

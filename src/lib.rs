@@ -5,6 +5,7 @@
 //! problem+json responses in one place ([`error`]). Configuration is parsed, validated and
 //! compiled by [`config`], and swapped atomically on reload.
 
+pub mod authn;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod observe;
 pub mod proxy;
 pub mod sanitize;
 pub mod server;
+pub mod tls;
 
 /// The one body type used inside the pipeline.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BodyError>;

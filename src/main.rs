@@ -41,6 +41,11 @@ enum Command {
     },
     /// Run the reference finance API and the gateway in front of it, on loopback.
     Demo,
+    /// Write a development CA and certificates (server, client, SPIFFE service, rogue) into DIR.
+    DevCerts {
+        /// Output folder (created if missing).
+        dir: PathBuf,
+    },
     /// Serve the demo backend alone (for benchmarks).
     #[command(hide = true)]
     Backend {
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
             Command::Validate { config } => validate(&config),
             Command::Run { config } => run(&config).await,
             Command::Demo => demo().await,
+            Command::DevCerts { dir } => dev_certs(&dir),
             Command::Backend { listen, fixed } => backend(listen, fixed).await,
         }
     })
@@ -100,6 +106,23 @@ fn validate(path: &Path) -> ExitCode {
         }
         Err(errors) => {
             out(&format!("{errors}\n"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dev_certs(dir: &Path) -> ExitCode {
+    match portcullis::tls::devcerts::write_dev_certs(dir) {
+        Ok(()) => {
+            let files = portcullis::tls::devcerts::DEV_FILES.join(", ");
+            out(&format!(
+                "wrote {files} into {} (private keys are 0600; see certs/README.md)\n",
+                dir.display()
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            err(&e);
             ExitCode::FAILURE
         }
     }
@@ -126,15 +149,17 @@ async fn supervise(running: Running, reload: Option<Arc<Notify>>) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let stop = running.shutdown_handle();
+    let tls_reload = running.shared.tls_reload.clone();
     let waiter = tokio::spawn(running.wait());
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); break; }
             _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); break; }
             _ = hup.recv() => {
+                tls_reload.notify_waiters();
                 match &reload {
                     Some(r) => { tracing::info!(signal = "SIGHUP", "reloading"); r.notify_one(); }
-                    None => tracing::info!("SIGHUP ignored: this config is embedded"),
+                    None => tracing::info!("SIGHUP: certificates reloaded; the embedded config is not"),
                 }
             }
         }

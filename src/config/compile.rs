@@ -38,13 +38,21 @@ pub fn compile(checked: Checked) -> Result<Runtime, String> {
     for c in &checked.clusters {
         let protocol = match c.protocol {
             RawProtocol::Http1 => UpstreamProtocol::Http1,
-            RawProtocol::H2c => UpstreamProtocol::H2c,
+            RawProtocol::H2c | RawProtocol::H2 => UpstreamProtocol::H2,
+        };
+        let tls = match &c.tls {
+            Some(t) => Some(
+                crate::tls::client::build(t, protocol == UpstreamProtocol::H2)
+                    .map_err(|e| format!("cluster `{}`: {e}", c.name))?,
+            ),
+            None => None,
         };
         let cluster = Arc::new(Cluster::new(
             &c.name,
             c.endpoints.clone(),
             protocol,
             c.eject_for,
+            tls,
         ));
         clusters.insert(c.name.clone(), cluster.clone());
         let pool = PoolSettings {
@@ -77,6 +85,7 @@ pub fn compile(checked: Checked) -> Result<Runtime, String> {
             cluster: cluster.clone(),
             clients,
             request_timeout: r.request_timeout,
+            mtls: r.mtls.clone().map(Into::into),
         });
         router
             .insert(r.host.as_deref(), &r.template, &r.methods, route)

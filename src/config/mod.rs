@@ -146,7 +146,15 @@ pub fn load_sources(
     let Some(root) = root else {
         return Err(ConfigErrors(errors));
     };
-    let part = validate::check_gateway(gateway, &root, &mut errors);
+    let base = gateway_path
+        .and_then(Path::parent)
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    let part = validate::check_gateway(gateway, &root, &base, &mut errors);
     let mut policies_dir = None;
     let policy_files = match policies {
         Some(p) => p,

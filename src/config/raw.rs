@@ -65,6 +65,82 @@ pub struct RawListener {
     pub max_headers: Option<usize>,
     /// Most concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: Option<u32>,
+    /// TLS termination (plain HTTP when absent).
+    pub tls: Option<RawTls>,
+}
+
+/// A certificate chain and its key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    /// PEM chain, leaf first.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+}
+
+/// Client certificate policy.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawClientAuth {
+    /// Not requested.
+    Off,
+    /// Verified when sent.
+    Optional,
+    /// Required.
+    Required,
+}
+
+/// A listener's TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Server certificates, chosen by SNI; the first is the default.
+    pub certificates: Vec<RawCertPair>,
+    /// `off` (default), `optional` or `required`.
+    pub client_auth: Option<RawClientAuth>,
+    /// CA bundles for client certificates.
+    #[serde(default)]
+    pub client_ca: Vec<String>,
+    /// CRL files.
+    #[serde(default)]
+    pub crl: Vec<String>,
+}
+
+/// TLS to a cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// CA bundles for the upstream's certificate.
+    pub ca: Vec<String>,
+    /// SNI and verification name (default: the endpoint's host).
+    pub server_name: Option<String>,
+    /// Client certificate for mTLS to the upstream.
+    pub client_cert: Option<String>,
+    /// Its key.
+    pub client_key: Option<String>,
+}
+
+/// One accepted mTLS identity (exactly one key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentityPattern {
+    /// URI SAN, exact or with a trailing `*`.
+    pub uri: Option<String>,
+    /// DNS SAN, exact or with a trailing `*`.
+    pub dns: Option<String>,
+    /// Subject CN, exact or with a trailing `*`.
+    pub cn: Option<String>,
+    /// SHA-256 fingerprint, hex.
+    pub fingerprint: Option<String>,
+}
+
+/// A route's mTLS identity requirement.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMtls {
+    /// The caller's certificate must match one of these.
+    pub any_of: Vec<RawIdentityPattern>,
 }
 
 /// The admin listener.
@@ -84,6 +160,8 @@ pub enum RawProtocol {
     Http1,
     /// HTTP/2 cleartext with prior knowledge.
     H2c,
+    /// HTTP/2 over TLS (ALPN `h2`); needs `tls`.
+    H2,
 }
 
 /// An upstream cluster.
@@ -105,6 +183,8 @@ pub struct RawCluster {
     pub pool_idle_timeout: Option<Dur>,
     /// Most idle pooled connections per endpoint.
     pub max_idle_per_endpoint: Option<usize>,
+    /// TLS to the endpoints (plain when absent).
+    pub tls: Option<RawUpstreamTls>,
 }
 
 /// Logging.
@@ -160,6 +240,8 @@ pub struct RawRoute {
     pub cluster: String,
     /// Timeouts overriding the cluster's.
     pub timeouts: Option<RawTimeouts>,
+    /// The mTLS identities admitted on this route (any identity, or none, when absent).
+    pub mtls: Option<RawMtls>,
 }
 
 /// Top-level keys of the gateway file.

@@ -36,6 +36,8 @@ pub struct ListenerSettings {
     pub max_headers: usize,
     /// Most concurrent HTTP/2 streams.
     pub max_concurrent_streams: u32,
+    /// TLS termination, when configured.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 /// A validated cluster.
@@ -57,6 +59,8 @@ pub struct ClusterSettings {
     pub pool_idle_timeout: Duration,
     /// Most idle connections per endpoint.
     pub max_idle_per_endpoint: usize,
+    /// TLS to the endpoints, when configured.
+    pub tls: Option<crate::tls::client::UpstreamTls>,
 }
 
 /// A validated route.
@@ -76,6 +80,8 @@ pub struct RouteSettings {
     pub connect_timeout: Duration,
     /// Request timeout.
     pub request_timeout: Duration,
+    /// Accepted mTLS identities (any of), when the route demands one.
+    pub mtls: Option<Vec<crate::tls::identity::IdentityPattern>>,
 }
 
 /// The whole configuration after validation.
@@ -119,6 +125,8 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 struct Ctx<'a> {
     file: Arc<str>,
     errors: &'a mut Vec<ConfigError>,
+    /// Relative file names in the config resolve against this folder.
+    base: &'a Path,
 }
 
 impl Ctx<'_> {
@@ -273,11 +281,13 @@ pub(super) struct GatewayPart {
 pub(super) fn check_gateway(
     file: &SourceFile,
     root: &Node,
+    base: &Path,
     errors: &mut Vec<ConfigError>,
 ) -> GatewayPart {
     let mut ctx = Ctx {
         file: file.name.clone(),
         errors,
+        base,
     };
     check_top_keys(&mut ctx, root, raw::GATEWAY_KEYS, "the gateway file");
 
@@ -584,6 +594,48 @@ fn check_listener(
         );
         ok = false;
     }
+    let tls = match &l.tls {
+        Some(t) => {
+            let tnode = node.get("tls").unwrap_or(node);
+            let settings = crate::tls::TlsSettings {
+                certificates: t
+                    .certificates
+                    .iter()
+                    .map(|c| crate::tls::CertFiles {
+                        cert: ctx.base.join(&c.cert),
+                        key: ctx.base.join(&c.key),
+                    })
+                    .collect(),
+                client_auth: match t.client_auth {
+                    None | Some(raw::RawClientAuth::Off) => crate::tls::ClientAuth::Off,
+                    Some(raw::RawClientAuth::Optional) => crate::tls::ClientAuth::Optional,
+                    Some(raw::RawClientAuth::Required) => crate::tls::ClientAuth::Required,
+                },
+                client_ca: t.client_ca.iter().map(|p| ctx.base.join(p)).collect(),
+                crl: t.crl.iter().map(|p| ctx.base.join(p)).collect(),
+            };
+            if settings.client_auth != crate::tls::ClientAuth::Off && settings.client_ca.is_empty()
+            {
+                ctx.err(
+                    pos_of(tnode, "client_auth"),
+                    &format!("{path}.tls.client_ca"),
+                    "client certificates are requested but no `client_ca` bundle is given",
+                    Some("add `client_ca: [ca.pem]`, or set `client_auth: off`".into()),
+                );
+                ok = false;
+            } else if let Err(e) = crate::tls::build_server(&settings) {
+                ctx.err(
+                    tnode.pos,
+                    &format!("{path}.tls"),
+                    e,
+                    Some("paths are relative to the gateway file".into()),
+                );
+                ok = false;
+            }
+            Some(settings)
+        }
+        None => None,
+    };
     let address = address?;
     ok.then(|| ListenerSettings {
         name: l.name.as_str().into(),
@@ -594,6 +646,7 @@ fn check_listener(
         max_header_bytes,
         max_headers,
         max_concurrent_streams: streams,
+        tls,
     })
 }
 
@@ -643,7 +696,62 @@ fn check_cluster(
     }
     positive(ctx, node, path, "connect_timeout", c.connect_timeout);
     positive(ctx, node, path, "request_timeout", c.request_timeout);
-    if endpoints.len() != c.endpoints.len() || endpoints.is_empty() {
+    let mut tls_ok = true;
+    let tls = c.tls.as_ref().map(|t| crate::tls::client::UpstreamTls {
+        ca: t.ca.iter().map(|p| ctx.base.join(p)).collect(),
+        server_name: t.server_name.clone(),
+        client_cert: match (&t.client_cert, &t.client_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::CertFiles {
+                cert: ctx.base.join(cert),
+                key: ctx.base.join(key),
+            }),
+            _ => None,
+        },
+    });
+    if let Some(t) = &c.tls
+        && t.client_cert.is_some() != t.client_key.is_some()
+    {
+        ctx.err(
+            pos_of(node, "tls"),
+            &format!("{path}.tls"),
+            "`client_cert` and `client_key` go together",
+            None,
+        );
+        tls_ok = false;
+    }
+    match (&tls, c.protocol) {
+        (Some(_), raw::RawProtocol::H2c) => {
+            ctx.err(
+                pos_of(node, "protocol"),
+                &format!("{path}.protocol"),
+                "`h2c` is cleartext HTTP/2; with `tls` use `protocol: h2`",
+                None,
+            );
+            tls_ok = false;
+        }
+        (None, raw::RawProtocol::H2) => {
+            ctx.err(
+                pos_of(node, "protocol"),
+                &format!("{path}.protocol"),
+                "`h2` needs `tls`; for cleartext HTTP/2 use `protocol: h2c`",
+                None,
+            );
+            tls_ok = false;
+        }
+        (Some(t), p) if tls_ok => {
+            if let Err(e) = crate::tls::client::build(t, p == raw::RawProtocol::H2) {
+                ctx.err(
+                    pos_of(node, "tls"),
+                    &format!("{path}.tls"),
+                    e,
+                    Some("paths are relative to the gateway file".into()),
+                );
+                tls_ok = false;
+            }
+        }
+        _ => {}
+    }
+    if endpoints.len() != c.endpoints.len() || endpoints.is_empty() || !tls_ok {
         return None;
     }
     Some(ClusterSettings {
@@ -655,6 +763,7 @@ fn check_cluster(
         eject_for: dur(c.eject_for, Duration::from_secs(5)),
         pool_idle_timeout: dur(c.pool_idle_timeout, Duration::from_secs(90)),
         max_idle_per_endpoint: c.max_idle_per_endpoint.unwrap_or(64),
+        tls,
     })
 }
 
@@ -681,6 +790,7 @@ pub(super) fn check_policies(
         let mut ctx = Ctx {
             file: file.name.clone(),
             errors,
+            base: Path::new("."),
         };
         check_top_keys(&mut ctx, root, raw::POLICY_KEYS, "a policies file");
         let items = match root.get("routes").map(|n| &n.value) {
@@ -888,9 +998,78 @@ fn check_route(
             );
         }
     }
+    let mut mtls = None;
+    if let Some(m) = &r.mtls {
+        let mnode = node
+            .get("mtls")
+            .and_then(|n| n.get("any_of"))
+            .unwrap_or(node);
+        let mut patterns = Vec::new();
+        if m.any_of.is_empty() {
+            ctx.err(
+                mnode.pos,
+                &format!("{path}.mtls.any_of"),
+                "`any_of` needs at least one identity",
+                Some("for example `- uri: \"spiffe://acme.internal/*\"`".into()),
+            );
+            ok = false;
+        }
+        for (i, p) in m.any_of.iter().enumerate() {
+            use crate::tls::identity::{Glob, IdentityPattern as P};
+            let ppos = match &mnode.value {
+                Value::Seq(items) => items.get(i).map_or(mnode.pos, |n| n.pos),
+                _ => mnode.pos,
+            };
+            let ppath = format!("{path}.mtls.any_of[{i}]");
+            let set = [
+                p.uri.is_some(),
+                p.dns.is_some(),
+                p.cn.is_some(),
+                p.fingerprint.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
+            if set != 1 {
+                ctx.err(
+                    ppos,
+                    &ppath,
+                    "each identity names exactly one of `uri`, `dns`, `cn`, `fingerprint`",
+                    None,
+                );
+                ok = false;
+                continue;
+            }
+            let pattern = if let Some(u) = &p.uri {
+                P::Uri(Glob::new(u))
+            } else if let Some(d) = &p.dns {
+                P::Dns(Glob::new(&d.to_ascii_lowercase()))
+            } else if let Some(c) = &p.cn {
+                P::CommonName(Glob::new(c))
+            } else {
+                let raw_fp = p.fingerprint.clone().unwrap_or_default();
+                match crate::tls::identity::normalise_fingerprint(&raw_fp) {
+                    Some(fp) => P::Fingerprint(fp),
+                    None => {
+                        ctx.err(
+                            ppos,
+                            &ppath,
+                            format!("`{raw_fp}` is not a SHA-256 fingerprint"),
+                            Some("64 hex digits, `:` separators allowed".into()),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                }
+            };
+            patterns.push(pattern);
+        }
+        mtls = Some(patterns);
+    }
     let cluster = cluster?;
     let c = &clusters[cluster];
     ok.then(|| RouteSettings {
+        mtls,
         name: r.name,
         host,
         methods,

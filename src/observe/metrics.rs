@@ -52,6 +52,14 @@ pub struct MetricsInner {
     pub errors: IntCounterVec,
     /// Upstream request latency (until response headers) by cluster.
     pub upstream_duration: HistogramVec,
+    /// TLS handshakes by listener and result.
+    pub tls_handshakes: IntCounterVec,
+    /// Accepted TLS connections by listener, version and ALPN protocol.
+    pub tls_connections: IntCounterVec,
+    /// Not-after of loaded certificates (Unix seconds) by listener, kind and subject.
+    pub tls_not_after: IntGaugeVec,
+    /// TLS material reloads by listener and result.
+    pub tls_reloads: IntCounterVec,
 }
 
 impl std::fmt::Debug for MetricsInner {
@@ -143,6 +151,34 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "portcullis_tls_handshakes_total",
+                "TLS handshakes, by listener and result.",
+            ),
+            &["listener", "result"],
+        )?;
+        let tls_connections = IntCounterVec::new(
+            Opts::new(
+                "portcullis_tls_connections_total",
+                "Accepted TLS connections, by listener, version and ALPN.",
+            ),
+            &["listener", "version", "alpn"],
+        )?;
+        let tls_not_after = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_tls_certificate_not_after_seconds",
+                "Expiry (Unix seconds) of each loaded server certificate and client CA.",
+            ),
+            &["listener", "kind", "subject"],
+        )?;
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "portcullis_tls_reloads_total",
+                "TLS material reloads, by listener and result.",
+            ),
+            &["listener", "result"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "portcullis_build_info",
@@ -167,6 +203,10 @@ impl Metrics {
         registry.register(Box::new(config_last_success.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(build_info))?;
+        registry.register(Box::new(tls_handshakes.clone()))?;
+        registry.register(Box::new(tls_connections.clone()))?;
+        registry.register(Box::new(tls_not_after.clone()))?;
+        registry.register(Box::new(tls_reloads.clone()))?;
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(Self(Arc::new(MetricsInner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -181,6 +221,10 @@ impl Metrics {
             config_last_success,
             errors,
             upstream_duration,
+            tls_handshakes,
+            tls_connections,
+            tls_not_after,
+            tls_reloads,
         })))
     }
 

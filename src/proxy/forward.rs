@@ -121,7 +121,7 @@ async fn forward(
             }
             *req.version_mut() = Version::HTTP_11;
         }
-        UpstreamProtocol::H2c => {
+        UpstreamProtocol::H2 => {
             // HTTP/2 carries the authority in :authority (the client's host), never twice.
             let authority = req
                 .headers_mut()
@@ -129,7 +129,12 @@ async fn forward(
                 .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
                 .unwrap_or_else(|| ep.authority.clone());
             let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
+            let tls = route
+                .client()
+                .endpoints
+                .get(ep_index)
+                .is_some_and(|p| p.is_tls());
+            parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
             parts.authority = Some(authority);
             parts.path_and_query = Some(pq);
             *req.uri_mut() =
@@ -180,6 +185,11 @@ async fn forward(
                         source: Box::new(io),
                     }
                 }
+                PoolError::Tls(e) => UpstreamError::Protocol {
+                    cluster: name,
+                    endpoint,
+                    source: Box::new(e),
+                },
                 PoolError::Http(e) => UpstreamError::Protocol {
                     cluster: name,
                     endpoint,

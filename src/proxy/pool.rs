@@ -35,6 +35,9 @@ pub enum PoolError {
     /// The HTTP exchange failed.
     #[error("upstream exchange failed: {0}")]
     Http(#[from] hyper::Error),
+    /// The TLS handshake with the upstream failed.
+    #[error("upstream TLS handshake failed: {0}")]
+    Tls(#[source] std::io::Error),
 }
 
 enum Sender {
@@ -56,6 +59,10 @@ pub struct EndpointPool {
     max_idle: usize,
     idle: Mutex<Vec<Idle>>,
     shared_h2: Mutex<Option<http2::SendRequest<Body>>>,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 impl std::fmt::Debug for EndpointPool {
@@ -75,6 +82,10 @@ impl EndpointPool {
         connect_timeout: Duration,
         idle_timeout: Duration,
         max_idle: usize,
+        tls: Option<(
+            Arc<rustls::ClientConfig>,
+            rustls::pki_types::ServerName<'static>,
+        )>,
     ) -> Self {
         Self {
             address,
@@ -84,7 +95,13 @@ impl EndpointPool {
             max_idle,
             idle: Mutex::new(Vec::new()),
             shared_h2: Mutex::new(None),
+            tls,
         }
+    }
+
+    /// Whether connections to this endpoint use TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     fn take_idle(&self) -> Option<http1::SendRequest<Body>> {
@@ -111,17 +128,37 @@ impl EndpointPool {
         }
     }
 
-    async fn connect_tcp(&self) -> Result<TokioIo<TcpStream>, PoolError> {
+    async fn connect_tcp(&self) -> Result<TcpStream, PoolError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.address))
             .await
             .map_err(|_| PoolError::ConnectTimeout)?
             .map_err(PoolError::Connect)?;
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok(stream)
     }
 
     async fn connect(&self) -> Result<Sender, PoolError> {
-        let io = self.connect_tcp().await?;
+        let tcp = self.connect_tcp().await?;
+        match &self.tls {
+            None => self.handshake(TokioIo::new(tcp)).await,
+            Some((config, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let tls = tokio::time::timeout(
+                    self.connect_timeout,
+                    connector.connect(name.clone(), tcp),
+                )
+                .await
+                .map_err(|_| PoolError::ConnectTimeout)?
+                .map_err(PoolError::Tls)?;
+                self.handshake(TokioIo::new(tls)).await
+            }
+        }
+    }
+
+    async fn handshake<IO>(&self, io: IO) -> Result<Sender, PoolError>
+    where
+        IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         if self.h2 {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())

@@ -72,8 +72,8 @@ impl UpstreamError {
 pub enum UpstreamProtocol {
     /// HTTP/1.1 with keep-alive.
     Http1,
-    /// HTTP/2 over cleartext (prior knowledge).
-    H2c,
+    /// HTTP/2: prior knowledge in cleartext (h2c), or ALPN `h2` over TLS.
+    H2,
 }
 
 /// One address of a cluster.
@@ -101,6 +101,8 @@ pub struct Cluster {
     pub protocol: UpstreamProtocol,
     /// How long a failed endpoint is skipped (zero: never).
     pub eject_for: Duration,
+    /// TLS to the endpoints, when configured.
+    pub tls: Option<crate::tls::client::Connector>,
     next: AtomicUsize,
     epoch: Instant,
 }
@@ -121,6 +123,7 @@ impl Cluster {
         endpoints: Vec<(String, Authority)>,
         protocol: UpstreamProtocol,
         eject_for: Duration,
+        tls: Option<crate::tls::client::Connector>,
     ) -> Self {
         Self {
             name: name.into(),
@@ -134,6 +137,7 @@ impl Cluster {
                 .collect(),
             protocol,
             eject_for,
+            tls,
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
         }
@@ -141,18 +145,28 @@ impl Cluster {
 
     /// Builds connection pools (one per endpoint) for one worker, with the given connect timeout.
     pub fn client(&self, connect_timeout: Duration, pool: PoolSettings) -> UpstreamClient {
-        let h2 = self.protocol == UpstreamProtocol::H2c;
+        let h2 = self.protocol == UpstreamProtocol::H2;
         WorkerPools {
             endpoints: self
                 .endpoints
                 .iter()
                 .map(|e| {
+                    let tls = self.tls.as_ref().and_then(|c| {
+                        let name = c.server_name.clone().or_else(|| {
+                            rustls::pki_types::ServerName::try_from(
+                                e.authority.host().trim_matches(['[', ']']).to_owned(),
+                            )
+                            .ok()
+                        })?;
+                        Some((c.config.clone(), name))
+                    });
                     Arc::new(EndpointPool::new(
                         e.address.clone(),
                         h2,
                         connect_timeout,
                         pool.idle_timeout,
                         pool.max_idle_per_host,
+                        tls,
                     ))
                 })
                 .collect(),
@@ -214,6 +228,8 @@ pub struct Route {
     pub clients: Arc<[UpstreamClient]>,
     /// Time allowed for the upstream to answer with response headers.
     pub request_timeout: Duration,
+    /// mTLS identities admitted (any of), when the route demands one.
+    pub mtls: Option<Arc<[crate::tls::identity::IdentityPattern]>>,
 }
 
 thread_local! {
@@ -241,6 +257,7 @@ impl Route {
             vec![("127.0.0.1:9".into(), authority)],
             UpstreamProtocol::Http1,
             Duration::ZERO,
+            None,
         ));
         let client = cluster.client(
             Duration::from_secs(1),
@@ -254,6 +271,7 @@ impl Route {
             cluster,
             clients: Arc::new([client]),
             request_timeout: Duration::from_secs(1),
+            mtls: None,
         }
     }
 }
@@ -268,7 +286,13 @@ mod tests {
             .iter()
             .map(|a| ((*a).to_owned(), Authority::from_static(a)))
             .collect();
-        let c = Cluster::new("c", eps, UpstreamProtocol::Http1, Duration::from_secs(60));
+        let c = Cluster::new(
+            "c",
+            eps,
+            UpstreamProtocol::Http1,
+            Duration::from_secs(60),
+            None,
+        );
         let picks: Vec<_> = (0..3)
             .map(|_| c.pick().unwrap().1.address.to_string())
             .collect();

@@ -44,6 +44,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The peer's IP as a header value (formatted once per connection).
     pub peer_ip: http::HeaderValue,
+    /// The verified client certificate's identity (mTLS connections only).
+    pub identity: Option<Arc<crate::tls::identity::PeerIdentity>>,
 }
 
 /// State shared by every connection and the reloader.
@@ -55,6 +57,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Readiness for `/readyz`.
     pub ready: Readiness,
+    /// Wakes the TLS watchers to reload certificates now (SIGHUP).
+    pub tls_reload: Arc<Notify>,
 }
 
 /// A started gateway.
@@ -109,6 +113,7 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
         config: Arc::new(ArcSwap::from_pointee(runtime)),
         metrics: metrics.clone(),
         ready: Readiness::default(),
+        tls_reload: Arc::new(Notify::new()),
     });
     let workers = settings.workers.max(1);
     // Each worker gets its own SO_REUSEPORT socket per listener, so the kernel spreads new
@@ -116,6 +121,22 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
     // The first socket resolves port 0; the others bind the port it got.
     let mut bound = Vec::new();
     for l in &settings.listeners {
+        let tls = match &l.tls {
+            Some(t) => {
+                let (store, not_after) = crate::tls::TlsStore::new(l.name.clone(), t.clone())
+                    .map_err(|e| std::io::Error::other(format!("listener `{}`: {e}", l.name)))?;
+                record_not_after(&metrics, &l.name, &not_after);
+                let store = Arc::new(store);
+                tokio::spawn(watch_tls(
+                    store.clone(),
+                    metrics.clone(),
+                    settings.poll_interval,
+                    shared.tls_reload.clone(),
+                ));
+                Some(store)
+            }
+            None => None,
+        };
         let first = reuseport_listener(l.address)?;
         let actual = first.local_addr()?;
         let mut socks = vec![first];
@@ -123,26 +144,27 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
             socks.push(reuseport_listener(actual)?);
         }
         // One connection limit per listener, shared by all workers.
-        bound.push((
-            Arc::new(l.clone()),
-            socks,
-            Arc::new(Semaphore::new(l.max_connections)),
-        ));
+        let share = ListenerShare {
+            settings: Arc::new(l.clone()),
+            limit: Arc::new(Semaphore::new(l.max_connections)),
+            tls,
+        };
+        bound.push((share, socks));
     }
     let admin_listener = admin::bind(settings.admin).await?;
     let admin_addr = admin_listener.local_addr()?;
     let addrs = bound
         .iter()
-        .map(|(_, socks, _)| socks[0].local_addr())
+        .map(|(_, socks)| socks[0].local_addr())
         .collect::<std::io::Result<Vec<_>>>()?;
     let (tx, rx) = watch::channel(false);
     let pipeline = stack::build(&shared, settings.access_log);
     let mut done = Vec::new();
     for w in 0..workers {
         let mut listeners = Vec::new();
-        for (l, socks, limit) in &mut bound {
+        for (share, socks) in &mut bound {
             if let Some(sock) = socks.pop() {
-                listeners.push((l.clone(), sock, limit.clone()));
+                listeners.push((share.clone(), sock));
             }
         }
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -209,7 +231,7 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 
 struct WorkerCtx {
     id: usize,
-    listeners: Vec<(Arc<ListenerSettings>, std::net::TcpListener, Arc<Semaphore>)>,
+    listeners: Vec<(ListenerShare, std::net::TcpListener)>,
     pipeline: stack::Pipeline,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
@@ -233,7 +255,7 @@ fn worker_main(ctx: WorkerCtx) {
     rt.block_on(async move {
         let tracker = Arc::new(Tracker::default());
         let mut accept_tasks = Vec::new();
-        for (settings, sock, limit) in ctx.listeners {
+        for (share, sock) in ctx.listeners {
             let listener = match TcpListener::from_std(sock) {
                 Ok(l) => l,
                 Err(e) => {
@@ -243,8 +265,7 @@ fn worker_main(ctx: WorkerCtx) {
             };
             accept_tasks.push(tokio::spawn(accept_loop(
                 listener,
-                settings,
-                limit,
+                share,
                 ctx.pipeline.clone(),
                 ctx.metrics.clone(),
                 tracker.clone(),
@@ -286,13 +307,17 @@ fn worker_main(ctx: WorkerCtx) {
 
 async fn accept_loop(
     listener: TcpListener,
-    settings: Arc<ListenerSettings>,
-    limit: Arc<Semaphore>,
+    share: ListenerShare,
     pipeline: stack::Pipeline,
     metrics: Metrics,
     tracker: Arc<Tracker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let ListenerShare {
+        settings,
+        limit,
+        tls,
+    } = share;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -361,18 +386,31 @@ async fn accept_loop(
             tls: false,
             peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
+            identity: None,
         };
         tracker.open.fetch_add(1, Ordering::SeqCst);
         open.inc();
-        let (builder, pipeline, watchdog, tracker, open) = (
+        let (builder, pipeline, watchdog, tracker, open, tls, metrics, handshake_timeout) = (
             builder.clone(),
             pipeline.clone(),
             watchdog.clone(),
             tracker.clone(),
             open.clone(),
+            tls.clone(),
+            metrics.clone(),
+            settings.header_read_timeout,
         );
         tokio::spawn(async move {
-            serve_connection(stream, info, &builder, pipeline, &watchdog).await;
+            match tls {
+                None => serve_connection(stream, info, &builder, pipeline, &watchdog).await,
+                Some(store) => {
+                    if let Some((stream, info)) =
+                        handshake(stream, info, &store, &metrics, handshake_timeout).await
+                    {
+                        serve_connection(stream, info, &builder, pipeline, &watchdog).await;
+                    }
+                }
+            }
             drop(permit);
             open.dec();
             if tracker.open.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -508,13 +546,13 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// A TCP stream that records when bytes last moved.
-struct ActivityIo {
-    inner: TcpStream,
+/// A stream that counts its reads and writes for the watchdog.
+struct ActivityIo<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for ActivityIo {
+impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -529,7 +567,7 @@ impl AsyncRead for ActivityIo {
     }
 }
 
-impl AsyncWrite for ActivityIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -563,13 +601,15 @@ impl AsyncWrite for ActivityIo {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     info: ConnInfo,
     builder: &auto::Builder<TokioExecutor>,
     pipeline: stack::Pipeline,
     watchdog: &Watchdog,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new());
     watchdog.watch(&activity);
     let io = TokioIo::new(ActivityIo {
@@ -609,4 +649,121 @@ async fn serve_connection(
     if let Err(e) = res {
         tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
     }
+}
+
+/// What every worker knows about one listener.
+#[derive(Clone)]
+struct ListenerShare {
+    settings: Arc<ListenerSettings>,
+    /// One connection limit per listener, shared by all workers.
+    limit: Arc<Semaphore>,
+    tls: Option<Arc<crate::tls::TlsStore>>,
+}
+
+fn record_not_after(metrics: &Metrics, listener: &str, not_after: &crate::tls::NotAfter) {
+    for (kind, subject, exp) in not_after {
+        metrics
+            .tls_not_after
+            .with_label_values(&[listener, kind, subject])
+            .set(*exp);
+    }
+}
+
+/// Reloads a listener's TLS material when its files change, and on demand (SIGHUP).
+async fn watch_tls(
+    store: Arc<crate::tls::TlsStore>,
+    metrics: Metrics,
+    every: Duration,
+    trigger: Arc<Notify>,
+) {
+    let every = if every.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        every
+    };
+    loop {
+        let force = tokio::select! {
+            () = trigger.notified() => true,
+            () = tokio::time::sleep(every) => false,
+        };
+        let s = store.clone();
+        let result = tokio::task::spawn_blocking(move || s.reload(force))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match result {
+            Ok(None) => {}
+            Ok(Some(not_after)) => {
+                record_not_after(&metrics, &store.listener, &not_after);
+                metrics
+                    .tls_reloads
+                    .with_label_values(&[&store.listener, "success"])
+                    .inc();
+                tracing::info!(listener = %store.listener, "TLS material reloaded");
+            }
+            Err(e) => {
+                metrics
+                    .tls_reloads
+                    .with_label_values(&[&store.listener, "failure"])
+                    .inc();
+                tracing::error!(listener = %store.listener, error = %e, "TLS material rejected; the previous certificates stay in use");
+            }
+        }
+    }
+}
+
+/// Runs the TLS handshake (bounded by the header-read timeout) and reads the peer's identity.
+async fn handshake(
+    stream: TcpStream,
+    mut info: ConnInfo,
+    store: &crate::tls::TlsStore,
+    metrics: &Metrics,
+    timeout: Duration,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, ConnInfo)> {
+    let listener = &*store.listener;
+    let result = match tokio::time::timeout(timeout, store.acceptor().accept(stream)).await {
+        Err(_) => Err("timeout"),
+        Ok(Err(e)) => {
+            let kind = crate::tls::classify(&e);
+            tracing::debug!(peer = %info.peer, error = %e, result = kind, "TLS handshake refused");
+            Err(kind)
+        }
+        Ok(Ok(s)) => Ok(s),
+    };
+    let tls = match result {
+        Ok(s) => s,
+        Err(kind) => {
+            metrics
+                .tls_handshakes
+                .with_label_values(&[listener, kind])
+                .inc();
+            return None;
+        }
+    };
+    let (_, conn) = tls.get_ref();
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+        _ => "other",
+    };
+    let alpn = match conn.alpn_protocol() {
+        Some(b"h2") => "h2",
+        Some(b"http/1.1") => "http/1.1",
+        Some(_) => "other",
+        None => "none",
+    };
+    info.identity = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|der| crate::tls::identity::PeerIdentity::from_der(der).ok())
+        .map(Arc::new);
+    info.tls = true;
+    metrics
+        .tls_handshakes
+        .with_label_values(&[listener, "ok"])
+        .inc();
+    metrics
+        .tls_connections
+        .with_label_values(&[listener, version, alpn])
+        .inc();
+    Some((tls, info))
 }

@@ -6,7 +6,8 @@
 //! 4. [`ConfigLayer`] — one `ArcSwap::load` of the current config per request.
 //! 5. [`HygieneLayer`] — hop-by-hop and identity headers, `X-Forwarded-*` (stage 4).
 //! 6. [`RouterLayer`] — host + method + path → route, or 404/405 (stage 5).
-//! 7. [`Forward`] — the upstream call (stage 11).
+//! 7. [`AuthnLayer`] — the route's mTLS identity rule; identity header upstream (stage 7).
+//! 8. [`Forward`] — the upstream call (stage 11).
 //!
 //! Later stages (authentication, authorization, rate limits, body checks) slot in between the
 //! router and the forwarder, here and nowhere else.
@@ -19,6 +20,7 @@ use tower::ServiceBuilder;
 use tower::util::BoxCloneService;
 
 use crate::Body;
+use crate::authn::AuthnLayer;
 use crate::config::reload::ConfigLayer;
 use crate::observe::ObserveLayer;
 use crate::observe::request_id::RequestIdLayer;
@@ -39,6 +41,7 @@ pub fn build(shared: &Arc<Shared>, access_log: bool) -> Pipeline {
         .layer(ConfigLayer::new(shared.config.clone()))
         .layer(HygieneLayer)
         .layer(RouterLayer)
+        .layer(AuthnLayer)
         .service(Forward::new(shared.metrics.clone()));
     BoxCloneService::new(svc)
 }

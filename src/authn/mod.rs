@@ -1,0 +1,174 @@
+//! Authentication (pipeline stage 7). For now: mTLS identity rules per route.
+//!
+//! Reads [`RouteMatch`] and the connection's [`PeerIdentity`] (from [`ConnInfo`]). A route with
+//! an `mtls` rule admits only callers whose verified certificate matches one of its patterns;
+//! others get 403 naming the requirement (never the certificate's details). Every mTLS caller's
+//! request carries `X-Portcullis-Client-Cert` upstream; inbound copies were already stripped by
+//! the hygiene layer.
+
+use std::task::{Context, Poll};
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use tower::{Layer, Service};
+
+use crate::error::GatewayError;
+use crate::proxy::RouteMatch;
+use crate::server::ConnInfo;
+use crate::tls::identity::{IdentityPattern, PeerIdentity};
+use crate::{Body, BoxFuture};
+
+/// `X-Portcullis-Client-Cert`: `sha256=<hex>` and, when known, `san="<identity>"`.
+pub const X_PORTCULLIS_CLIENT_CERT: HeaderName =
+    HeaderName::from_static("x-portcullis-client-cert");
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthnError {
+    /// The route needs an mTLS identity the caller does not have.
+    #[error("mTLS identity required: {requirement}")]
+    MtlsIdentityRequired {
+        /// The route's rule, as configured (safe to show).
+        requirement: String,
+    },
+}
+
+/// The decision for one request: `Ok(identity value to tell the backend)` or the refusal.
+///
+/// # Errors
+/// [`AuthnError::MtlsIdentityRequired`] when the route's rule is not met.
+pub fn check_mtls<'a>(
+    rule: Option<&[IdentityPattern]>,
+    id: Option<&'a PeerIdentity>,
+) -> Result<Option<&'a str>, AuthnError> {
+    let Some(rule) = rule else {
+        // No rule: tell the backend the most specific name the certificate carries.
+        return Ok(id.and_then(|i| {
+            i.uris
+                .first()
+                .or(i.dns.first())
+                .map(String::as_str)
+                .or(i.common_name.as_deref())
+        }));
+    };
+    if let Some(id) = id {
+        for p in rule {
+            if let Some(v) = p.matched(id) {
+                return Ok(Some(v));
+            }
+        }
+    }
+    let requirement = rule
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" or ");
+    Err(AuthnError::MtlsIdentityRequired { requirement })
+}
+
+fn header_value(id: &PeerIdentity, matched: Option<&str>) -> Option<HeaderValue> {
+    let mut v = format!("sha256={}", id.fingerprint);
+    if let Some(m) = matched
+        && m.bytes()
+            .all(|c| c.is_ascii_graphic() && c != b'"' && c != b'\\')
+    {
+        v.push_str(";san=\"");
+        v.push_str(m);
+        v.push('"');
+    }
+    HeaderValue::from_str(&v).ok()
+}
+
+/// Applies the route's authentication rules.
+#[derive(Debug, Clone, Default)]
+pub struct AuthnLayer;
+
+impl<S> Layer<S> for AuthnLayer {
+    type Service = Authn<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Authn { inner }
+    }
+}
+
+/// The service made by [`AuthnLayer`].
+#[derive(Debug, Clone)]
+pub struct Authn<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for Authn<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = BoxFuture<Result<Response<Body>, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let id = req
+            .extensions()
+            .get::<ConnInfo>()
+            .and_then(|c| c.identity.clone());
+        let rule = req
+            .extensions()
+            .get::<RouteMatch>()
+            .and_then(|m| m.route.mtls.clone());
+        match check_mtls(rule.as_deref(), id.as_deref()) {
+            Ok(matched) => {
+                if let Some(id) = &id
+                    && let Some(v) = header_value(id, matched)
+                {
+                    req.headers_mut().insert(X_PORTCULLIS_CLIENT_CERT, v);
+                }
+                Box::pin(self.inner.call(req))
+            }
+            Err(e) => Box::pin(async move { Err(GatewayError::Authn(e)) }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::identity::Glob;
+
+    fn service_id() -> PeerIdentity {
+        PeerIdentity {
+            subject: "CN=reconciler".into(),
+            common_name: Some("reconciler".into()),
+            dns: vec![],
+            uris: vec!["spiffe://acme.internal/reconciler".into()],
+            emails: vec![],
+            serial: "01".into(),
+            fingerprint: "ab".repeat(32),
+            fingerprint_raw: [0xab; 32],
+            not_after: 0,
+        }
+    }
+
+    #[test]
+    fn identity_rules() {
+        let reports = [IdentityPattern::Uri(Glob::new("spiffe://acme.internal/*"))];
+        let payments = [IdentityPattern::CommonName(Glob::new("acme-web"))];
+        let id = service_id();
+        assert_eq!(
+            check_mtls(Some(&reports), Some(&id)),
+            Ok(Some("spiffe://acme.internal/reconciler"))
+        );
+        let err = check_mtls(Some(&payments), Some(&id)).unwrap_err();
+        assert_eq!(
+            err,
+            AuthnError::MtlsIdentityRequired {
+                requirement: "cn acme-web".into()
+            }
+        );
+        assert!(check_mtls(Some(&reports), None).is_err());
+        assert_eq!(check_mtls(None, None), Ok(None));
+        let fp = [IdentityPattern::Fingerprint("ab".repeat(32))];
+        assert!(check_mtls(Some(&fp), Some(&id)).is_ok());
+    }
+}
