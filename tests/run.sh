@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 need_install=()
 # redis-server: the shared-state tests (rate limits, ownership cache) run against a real one.
 command -v redis-server >/dev/null 2>&1 || need_install+=(redis-server)
+# openssl: the TLS tests check with `openssl s_client` that old protocols and CBC suites are refused.
+command -v openssl >/dev/null 2>&1 || need_install+=(openssl)
 
 if ((${#need_install[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

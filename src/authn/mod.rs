@@ -65,15 +65,21 @@ pub fn check_mtls<'a>(
     Err(AuthnError::MtlsIdentityRequired { requirement })
 }
 
+/// `sha256=<hex>`, then `;san="<name>"` when the identity is a URI or DNS SAN, or
+/// `;cn="<name>"` when it is the subject CN.
 fn header_value(id: &PeerIdentity, matched: Option<&str>) -> Option<HeaderValue> {
     let mut v = format!("sha256={}", id.fingerprint);
     if let Some(m) = matched
+        && m != id.fingerprint
         && m.bytes()
             .all(|c| c.is_ascii_graphic() && c != b'"' && c != b'\\')
     {
-        v.push_str(";san=\"");
-        v.push_str(m);
-        v.push('"');
+        let key = if id.uris.iter().chain(&id.dns).any(|s| s == m) {
+            "san"
+        } else {
+            "cn"
+        };
+        v.push_str(&format!(";{key}=\"{m}\""));
     }
     HeaderValue::from_str(&v).ok()
 }

@@ -12,3 +12,4 @@ mod limits;
 mod observe;
 mod proxy;
 mod reload;
+mod tls;
