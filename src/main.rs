@@ -207,7 +207,18 @@ async fn demo() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let checked = match portcullis::demo::config(backends) {
+    let certs = PathBuf::from("certs/dev");
+    if !certs.join("ca.pem").exists() {
+        if let Err(e) = portcullis::tls::devcerts::write_dev_certs(&certs) {
+            err(&format!("cannot create the demo certificates: {e}"));
+            return ExitCode::FAILURE;
+        }
+        out(&format!(
+            "created development certificates in {}\n",
+            certs.display()
+        ));
+    }
+    let checked = match portcullis::demo::config(backends, &certs) {
         Ok(c) => c,
         Err(errors) => {
             err(&errors.to_string());
@@ -219,7 +230,7 @@ async fn demo() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             err(&format!(
-                "{e}\n(is another demo already running? ports 8080 and 9901 must be free)"
+                "{e}\n(is another demo already running? ports 8443 and 9901 must be free)"
             ));
             return ExitCode::FAILURE;
         }
@@ -227,6 +238,7 @@ async fn demo() -> ExitCode {
     out(&portcullis::demo::curl_commands(
         running.addrs[0],
         running.admin_addr,
+        &certs,
     ));
     supervise(running, None).await
 }

@@ -42,8 +42,13 @@ pub async fn start_backends() -> std::io::Result<Backends> {
 ///
 /// # Errors
 /// Only if the embedded config is broken (a test guards against that).
-pub fn config(backends: Backends) -> Result<crate::config::Checked, ConfigErrors> {
+pub fn config(
+    backends: Backends,
+    certs: &std::path::Path,
+) -> Result<crate::config::Checked, ConfigErrors> {
+    let certs = certs.display().to_string();
     let env = move |name: &str| match name {
+        "DEMO_CERTS" => Some(certs.clone()),
         "DEMO_ACCOUNTS_ADDR" => Some(backends.accounts.to_string()),
         "DEMO_PAYMENTS_ADDR" => Some(backends.payments.to_string()),
         "DEMO_REPORTS_ADDR" => Some(backends.reports.to_string()),
@@ -60,32 +65,43 @@ pub fn config(backends: Backends) -> Result<crate::config::Checked, ConfigErrors
     crate::config::load_sources(&gateway, None, Some(vec![routes]), &env)
 }
 
-/// The curl commands the demo prints, for a gateway at `addr`.
-pub fn curl_commands(addr: SocketAddr, admin: SocketAddr) -> String {
+/// The curl commands the demo prints, for a gateway at `addr` with certificates in `certs`.
+pub fn curl_commands(addr: SocketAddr, admin: SocketAddr, certs: &std::path::Path) -> String {
+    let c = certs.display();
+    let port = addr.port();
     format!(
-        r#"Portcullis demo is running: gateway http://{addr}, admin http://{admin}
+        r#"Portcullis demo is running: gateway https://localhost:{port} (mTLS required), admin http://{admin}
+Certificates: {c} (made by `portcullis dev-certs`; delete the folder to get new ones)
 
 Try these (each response carries X-Request-Id; errors are application/problem+json):
 
-  # an account (200), with your own request id echoed by the backend
-  curl -si http://{addr}/v1/accounts/acc-100 -H 'X-Request-Id: demo-123'
-
-  # its transactions (200)
-  curl -si http://{addr}/v1/accounts/acc-100/transactions
+  # an account, as the user-facing client acme-web (200), with your own request id
+  curl -si --cacert {c}/ca.pem --cert {c}/client.pem --key {c}/client-key.pem \
+    https://localhost:{port}/v1/accounts/acc-100 -H 'X-Request-Id: demo-123'
 
   # a payment (201); the body reaches the backend byte for byte
-  curl -si http://{addr}/v1/payments -H 'Content-Type: application/json' \
+  curl -si --cacert {c}/ca.pem --cert {c}/client.pem --key {c}/client-key.pem \
+    https://localhost:{port}/v1/payments -H 'Content-Type: application/json' \
     -d '{{"from_account": "acc-100", "to_account": "acc-200", "amount": "125.40", "currency": "EUR"}}'
 
-  # the daily report of a tenant (200)
-  curl -si http://{addr}/v1/reports/acme/daily
+  # the daily report: only SPIFFE services may call it — the reconciler gets 200 ...
+  curl -si --cacert {c}/ca.pem --cert {c}/service.pem --key {c}/service-key.pem \
+    https://localhost:{port}/v1/reports/acme/daily
+  # ... and acme-web gets 403 naming the rule
+  curl -si --cacert {c}/ca.pem --cert {c}/client.pem --key {c}/client-key.pem \
+    https://localhost:{port}/v1/reports/acme/daily
 
-  # no such route (404 problem+json) and wrong method (405 with Allow)
-  curl -si http://{addr}/v1/unknown
-  curl -si -X DELETE http://{addr}/v1/payments
+  # refused handshakes: no client certificate, and one from a CA the gateway does not trust
+  curl -si --cacert {c}/ca.pem https://localhost:{port}/v1/accounts/acc-100
+  curl -si --cacert {c}/ca.pem --cert {c}/rogue-client.pem --key {c}/rogue-client-key.pem \
+    https://localhost:{port}/v1/accounts/acc-100
 
-  # metrics and health
-  curl -s http://{admin}/metrics | grep portcullis_requests_total
+  # no such route (404) and wrong method (405 with Allow)
+  curl -si --cacert {c}/ca.pem --cert {c}/client.pem --key {c}/client-key.pem https://localhost:{port}/v1/unknown
+  curl -si --cacert {c}/ca.pem --cert {c}/client.pem --key {c}/client-key.pem -X DELETE https://localhost:{port}/v1/payments
+
+  # metrics (handshakes by result, requests by route) and health
+  curl -s http://{admin}/metrics | grep -E 'portcullis_(tls_handshakes|requests)_total'
   curl -s http://{admin}/readyz
 
 Press Ctrl-C to stop.

@@ -60,8 +60,20 @@ fn validate_reports_every_mistake_with_its_line_and_fails() {
 #[test]
 fn validate_accepts_the_demo_config_and_names_missing_variables() {
     let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo/gateway.yaml");
+    let certs = TempDir::new();
+    let made = Command::new(BIN)
+        .arg("dev-certs")
+        .arg(certs.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let out = Command::new(BIN)
         .args(["validate", "--config", demo])
+        .env("DEMO_CERTS", certs.path())
         .env("DEMO_ACCOUNTS_ADDR", "127.0.0.1:7001")
         .env("DEMO_PAYMENTS_ADDR", "127.0.0.1:7002")
         .env("DEMO_REPORTS_ADDR", "127.0.0.1:7003")
@@ -76,6 +88,7 @@ fn validate_accepts_the_demo_config_and_names_missing_variables() {
 
     let out = Command::new(BIN)
         .args(["validate", "--config", demo])
+        .env("DEMO_CERTS", certs.path())
         .env_remove("DEMO_ACCOUNTS_ADDR")
         .env("DEMO_PAYMENTS_ADDR", "127.0.0.1:7002")
         .env("DEMO_REPORTS_ADDR", "127.0.0.1:7003")
@@ -84,7 +97,7 @@ fn validate_accepts_the_demo_config_and_names_missing_variables() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(
-        text.contains("gateway.yaml:18:")
+        text.contains("gateway.yaml:25:")
             && text.contains("environment variable `DEMO_ACCOUNTS_ADDR` is not set"),
         "{text}"
     );

@@ -109,21 +109,39 @@ async fn metrics_are_valid_exposition_and_count_the_requests() {
 }
 
 #[tokio::test]
-async fn the_demo_serves_the_reference_scenario() {
+async fn the_demo_serves_the_reference_scenario_over_mtls() {
+    use crate::tls::{client_config, connect};
+    let certs = TempDir::new();
+    portcullis::tls::devcerts::write_dev_certs(certs.path()).unwrap();
+    let read = |f: &str| std::fs::read_to_string(certs.path().join(f)).unwrap();
+    let issued = |c: &str, k: &str| portcullis::tls::devcerts::Issued {
+        cert_pem: read(c),
+        key_pem: read(k),
+        serial: 0,
+    };
+    let (client, service, rogue) = (
+        issued("client.pem", "client-key.pem"),
+        issued("service.pem", "service-key.pem"),
+        issued("rogue-client.pem", "rogue-client-key.pem"),
+    );
+    let ca = read("ca.pem");
+
     let backends = portcullis::demo::start_backends().await.unwrap();
-    let mut checked = portcullis::demo::config(backends).unwrap();
+    let mut checked = portcullis::demo::config(backends, certs.path()).unwrap();
     checked.listeners[0].address = "127.0.0.1:0".parse().unwrap();
     checked.admin = "127.0.0.1:0".parse().unwrap();
     let runtime = portcullis::config::compile(checked).unwrap();
     let metrics = portcullis::observe::metrics::Metrics::new().unwrap();
     let running = portcullis::server::start(runtime, metrics).await.unwrap();
-    let base = format!("http://{}", running.addrs[0]);
+    let addr = running.addrs[0];
 
-    let r = get(
-        &format!("{base}/v1/accounts/acc-100"),
-        &[("x-request-id", "demo-1")],
-    )
-    .await;
+    let mut web = connect(addr, client_config(&ca, Some(&client), &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let (r, _) = web
+        .get("/v1/accounts/acc-100", &[("x-request-id", "demo-1")])
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["owner"], "alice@acme");
     assert_eq!(
@@ -131,35 +149,57 @@ async fn the_demo_serves_the_reference_scenario() {
         "demo-1",
         "the backend echoes the id it received"
     );
-    assert_eq!(r.header("x-backend-saw-request-id"), Some("demo-1"));
-
-    let body = r#"{"from_account": "acc-100", "to_account": "acc-200", "amount": "125.40", "currency": "EUR"}"#;
-    let req = http::Request::post(format!("{base}/v1/payments"))
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .unwrap();
-    let r = send(req).await;
-    assert_eq!(r.status, 201);
-    assert_eq!(r.json()["amount"], "125.40");
     assert_eq!(
-        get(&format!("{base}/v1/accounts/acc-100/transactions"), &[])
+        web.get("/v1/accounts/acc-100/transactions", &[])
             .await
+            .unwrap()
+            .0
             .status,
         200
     );
     assert_eq!(
-        get(&format!("{base}/v1/reports/acme/daily"), &[])
-            .await
-            .json()["tenant_id"],
-        "acme"
-    );
-    assert_eq!(
-        get(&format!("{base}/v1/payments/pay-1"), &[]).await.status,
+        web.get("/v1/payments/pay-1", &[]).await.unwrap().0.status,
         200
     );
+    assert_eq!(
+        web.get("/v1/reports/acme/daily", &[])
+            .await
+            .unwrap()
+            .0
+            .status,
+        403,
+        "reports admit SPIFFE services only"
+    );
 
-    // Every curl command the demo prints hits a configured path.
-    let text = portcullis::demo::curl_commands(running.addrs[0], running.admin_addr);
-    assert!(text.contains(&format!("http://{}/v1/accounts/acc-100", running.addrs[0])));
+    let mut svc = connect(addr, client_config(&ca, Some(&service), &[b"h2"]))
+        .await
+        .unwrap();
+    let (r, _) = svc.get("/v1/reports/acme/daily", &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["tenant_id"], "acme");
+
+    // The rogue certificate (other CA) and no certificate are refused.
+    let rogue_attempt = async {
+        connect(addr, client_config(&ca, Some(&rogue), &[b"http/1.1"]))
+            .await?
+            .get("/v1/accounts/acc-100", &[])
+            .await
+    };
+    assert!(rogue_attempt.await.is_err());
+    let anonymous = async {
+        connect(addr, client_config(&ca, None, &[b"http/1.1"]))
+            .await?
+            .get("/v1/accounts/acc-100", &[])
+            .await
+    };
+    assert!(anonymous.await.is_err());
+
+    // Every curl command the demo prints names a configured path and the certificates.
+    let text = portcullis::demo::curl_commands(addr, running.admin_addr, certs.path());
+    assert!(text.contains(&format!(
+        "https://localhost:{}/v1/accounts/acc-100",
+        addr.port()
+    )));
+    assert!(text.contains("client.pem") && text.contains("service.pem"));
     running.shutdown().await;
 }

@@ -121,7 +121,11 @@ async fn tls_gateway(pki: &Pki, client_auth: &str, backend: &Backend) -> Gateway
     Gateway::start(&yaml, ROUTES).await
 }
 
-fn client_config(ca_pem: &str, cert: Option<&Issued>, alpn: &[&[u8]]) -> rustls::ClientConfig {
+pub(crate) fn client_config(
+    ca_pem: &str,
+    cert: Option<&Issued>,
+    alpn: &[&[u8]],
+) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -149,13 +153,16 @@ fn client_config(ca_pem: &str, cert: Option<&Issued>, alpn: &[&[u8]]) -> rustls:
 
 /// A TLS connection: the rustls stream (to look at the server's certificate) turned into a
 /// hyper HTTP/1.1 or HTTP/2 sender.
-struct TlsConn {
+pub(crate) struct TlsConn {
     server_cert: Vec<u8>,
     h1: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
     h2: Option<hyper::client::conn::http2::SendRequest<Full<Bytes>>>,
 }
 
-async fn connect(addr: std::net::SocketAddr, cfg: rustls::ClientConfig) -> Result<TlsConn, String> {
+pub(crate) async fn connect(
+    addr: std::net::SocketAddr,
+    cfg: rustls::ClientConfig,
+) -> Result<TlsConn, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tls = connector
@@ -195,7 +202,7 @@ async fn connect(addr: std::net::SocketAddr, cfg: rustls::ClientConfig) -> Resul
 }
 
 impl TlsConn {
-    async fn get(
+    pub(crate) async fn get(
         &mut self,
         path: &str,
         headers: &[(&str, &str)],
