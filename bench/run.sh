@@ -6,7 +6,9 @@
 #   (a) the backend directly,
 #   (b) nginx (Debian nginx-light) reverse-proxying to it with upstream keepalive,
 #   (c) Portcullis proxying to it,
-# and prints a Markdown table (also written to bench/results/latest.md).
+#   (d) nginx terminating mTLS (client certificate required) in front of it,
+#   (e) Portcullis terminating mTLS in front of it (skip (d)+(e) with SKIP_MTLS=1),
+# and prints Markdown tables (also written to bench/results/latest.md).
 #
 # All traffic stays on 127.0.0.1. See bench/README.md for the knobs.
 set -euo pipefail
@@ -31,6 +33,11 @@ SKIP_PORTCULLIS="${SKIP_PORTCULLIS:-0}"
 BACKEND_CMD="${BACKEND_CMD:-}"         # optional stand-in backend (run with bash -c)
 PORTCULLIS_BIN="${PORTCULLIS_BIN:-}"
 KEEP_TMP="${KEEP_TMP:-0}"
+SKIP_MTLS="${SKIP_MTLS:-0}"            # 1: no mTLS rows
+TLS_CONNECTIONS="${TLS_CONNECTIONS:-32}"
+NGINX_TLS_PORT="${NGINX_TLS_PORT:-18443}"
+PORTCULLIS_TLS_PORT="${PORTCULLIS_TLS_PORT:-18444}"
+TLS_NAME=localhost                     # the dev server cert covers localhost, 127.0.0.1, ::1
 
 MAX_SECONDS=300                        # hard cap on DURATION / WARMUP
 
@@ -159,6 +166,57 @@ require_200() { # name url
     [[ "$code" == 200 ]] || die "$1: GET $2 answered '$code', expected 200; refusing to benchmark an error path"
 }
 
+# GET https://localhost:PORT$BENCH_PATH over HTTP/1.1 (what oha speaks) with the dev CA
+# as trust anchor; localhost is pinned to 127.0.0.1. Extra args (client cert) follow
+# the port. Prints the HTTP status ('000' = no HTTP response, e.g. the TLS handshake
+# was refused); curl's -v output goes to $TLS_PROBE_LOG.
+TLS_PROBE_LOG=/dev/null
+tls_code() { # port [curl args...]
+    local port="$1"
+    shift
+    lcurl -v --http1.1 -o /dev/null -w '%{http_code}' --resolve "$TLS_NAME:$port:$HOST" \
+        --cacert "$CERTS/ca.pem" "$@" "https://$TLS_NAME:$port$BENCH_PATH" 2>"$TLS_PROBE_LOG" || true
+}
+
+describe_refusal() { # code
+    if [[ "$1" == 000 ]]; then echo "refused at the TLS layer, no HTTP response"; else echo "HTTP $1"; fi
+}
+
+# check_mtls NAME PORT PID LOGFILE: wait until the TLS port answers 200 with the dev client
+# certificate, then insist that no certificate and a certificate from another CA are both
+# refused (handshake failure or a 4xx). Fills MTLS_CHECK[NAME] and TLS_SESSION[NAME].
+declare -A MTLS_CHECK TLS_SESSION
+check_mtls() {
+    local name="$1" port="$2" pid="$3" logfile="$4" code deadline no_cert rogue
+    local client=(--cert "$CERTS/client.pem" --key "$CERTS/client-key.pem")
+    deadline=$((SECONDS + READY_TIMEOUT))
+    while :; do
+        alive "$pid" || { tail -n 30 "$logfile" >&2 || true; die "$name exited (log: $logfile)"; }
+        TLS_PROBE_LOG="$TMP/curl-$name-ok.log"
+        code="$(tls_code "$port" "${client[@]}")"
+        [[ "$code" == 200 ]] && break
+        if ((SECONDS >= deadline)); then
+            cat "$TLS_PROBE_LOG" >&2 || true
+            tail -n 30 "$logfile" >&2 || true
+            die "$name: GET https://$TLS_NAME:$port$BENCH_PATH with the dev client certificate answered '$code', expected 200 (curl -v output above)"
+        fi
+        sleep 0.2
+    done
+    TLS_SESSION[$name]="$(sed -n 's/^\* SSL connection using //p' "$TLS_PROBE_LOG" | head -n1)"
+
+    TLS_PROBE_LOG="$TMP/curl-$name-nocert.log"
+    no_cert="$(tls_code "$port")"
+    TLS_PROBE_LOG="$TMP/curl-$name-rogue.log"
+    rogue="$(tls_code "$port" --cert "$CERTS/rogue-client.pem" --key "$CERTS/rogue-client-key.pem")"
+    TLS_PROBE_LOG=/dev/null
+    [[ "$no_cert" == 000 || "$no_cert" =~ ^4[0-9][0-9]$ ]] \
+        || die "$name: a request WITHOUT a client certificate answered '$no_cert' (expected a TLS handshake failure or 4xx); mTLS is not enforced, refusing to benchmark (curl -v: $TMP/curl-$name-nocert.log)"
+    [[ "$rogue" == 000 || "$rogue" =~ ^4[0-9][0-9]$ ]] \
+        || die "$name: a request with a client certificate from ANOTHER CA answered '$rogue' (expected a TLS handshake failure or 4xx); client certificates are not verified, refusing to benchmark (curl -v: $TMP/curl-$name-rogue.log)"
+    MTLS_CHECK[$name]="no client cert: $(describe_refusal "$no_cert"); cert from another CA: $(describe_refusal "$rogue"); dev client cert: 200"
+    log "$name: mTLS sanity check ok (${MTLS_CHECK[$name]}; ${TLS_SESSION[$name]:-session unknown})"
+}
+
 # ------------------------------------------------------------ validation ----
 [[ "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || die "ROUNDS must be 1..99"
 DURATION_S="$(to_seconds "$DURATION" DURATION)"
@@ -169,10 +227,19 @@ check_port_var BACKEND_PORT "$BACKEND_PORT"
 check_port_var NGINX_PORT "$NGINX_PORT"
 check_port_var PORTCULLIS_PORT "$PORTCULLIS_PORT"
 check_port_var ADMIN_PORT "$ADMIN_PORT"
-[[ "$(printf '%s\n' "$BACKEND_PORT" "$NGINX_PORT" "$PORTCULLIS_PORT" "$ADMIN_PORT" | sort -u | wc -l)" == 4 ]] \
-    || die "BACKEND_PORT, NGINX_PORT, PORTCULLIS_PORT and ADMIN_PORT must all differ"
+[[ "$SKIP_MTLS" == 0 || "$SKIP_MTLS" == 1 ]] || die "SKIP_MTLS must be 0 or 1 (got $SKIP_MTLS)"
+ALL_PORTS=("$BACKEND_PORT" "$NGINX_PORT" "$PORTCULLIS_PORT" "$ADMIN_PORT")
+if [[ "$SKIP_MTLS" != 1 ]]; then
+    [[ "$TLS_CONNECTIONS" =~ ^[0-9]+$ ]] && ((TLS_CONNECTIONS >= 1 && TLS_CONNECTIONS <= 4096)) \
+        || die "TLS_CONNECTIONS must be in 1..4096 (got $TLS_CONNECTIONS)"
+    check_port_var NGINX_TLS_PORT "$NGINX_TLS_PORT"
+    check_port_var PORTCULLIS_TLS_PORT "$PORTCULLIS_TLS_PORT"
+    ALL_PORTS+=("$NGINX_TLS_PORT" "$PORTCULLIS_TLS_PORT")
+fi
+[[ "$(printf '%s\n' "${ALL_PORTS[@]}" | sort -u | wc -l)" == "${#ALL_PORTS[@]}" ]] \
+    || die "BACKEND_PORT, NGINX_PORT, PORTCULLIS_PORT, ADMIN_PORT (and NGINX_TLS_PORT, PORTCULLIS_TLS_PORT unless SKIP_MTLS=1) must all differ"
 [[ "$BENCH_PATH" =~ ^/[A-Za-z0-9._~/%-]*$ ]] || die "BENCH_PATH must be a plain absolute path (got $BENCH_PATH)"
-for p in "$BACKEND_PORT" "$NGINX_PORT" "$PORTCULLIS_PORT" "$ADMIN_PORT"; do
+for p in "${ALL_PORTS[@]}"; do
     if port_in_use "$p"; then die "port $HOST:$p is already in use; pick another via env"; fi
 done
 
@@ -220,6 +287,12 @@ else
     die "installed oha ($OHA_VERSION) has neither --output-format nor --json"
 fi
 grep -q -- '--no-tui' <<<"$OHA_HELP" || die "installed oha ($OHA_VERSION) lacks --no-tui"
+if [[ "$SKIP_MTLS" != 1 ]]; then
+    for f in --cacert --cert --key --connect-to; do
+        grep -q -- "$f" <<<"$OHA_HELP" \
+            || die "installed oha ($OHA_VERSION) lacks $f (needed for the mTLS rows); upgrade oha or set SKIP_MTLS=1"
+    done
+fi
 OHA_EXTRA=()
 # Let in-flight requests finish at the deadline instead of counting them as errors.
 if grep -q -- '--wait-ongoing-requests-after-deadline' <<<"$OHA_HELP"; then
@@ -228,7 +301,8 @@ fi
 
 # --------------------------------------------------------- portcullis bin ----
 NEED_BIN=1
-if [[ "$SKIP_PORTCULLIS" == 1 && -n "$BACKEND_CMD" ]]; then NEED_BIN=0; fi
+# The mTLS rows need the binary for `dev-certs` even when Portcullis itself is skipped.
+if [[ "$SKIP_PORTCULLIS" == 1 && -n "$BACKEND_CMD" && "$SKIP_MTLS" == 1 ]]; then NEED_BIN=0; fi
 BIN=""
 if ((NEED_BIN)); then
     if [[ -n "$PORTCULLIS_BIN" ]]; then
@@ -254,6 +328,11 @@ if ((NEED_BIN)); then
         grep -q -- '--config' <<<"$help" \
             || die "$BIN does not support 'run --config FILE'; set SKIP_PORTCULLIS=1 to measure only backend and nginx"
     fi
+    if [[ "$SKIP_MTLS" != 1 ]]; then
+        help="$("$BIN" dev-certs --help 2>&1 || true)"
+        grep -q 'Usage:.*dev-certs' <<<"$help" \
+            || die "$BIN does not support 'dev-certs DIR' (needed for the mTLS rows); set SKIP_MTLS=1"
+    fi
 fi
 
 # -------------------------------------------------------------- work dir ----
@@ -262,10 +341,48 @@ TMP="$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")"
 chmod 0755 "$TMP"
 mkdir -p "$TMP/routes" "$TMP/nginx"
 
+CERTS="$TMP/certs"
+MTLS_LISTENER=""
+NGINX_TLS_SERVER=""
+if [[ "$SKIP_MTLS" != 1 ]]; then
+    # Dev CA + server cert (localhost, 127.0.0.1, ::1) + client cert signed by that CA,
+    # plus a "rogue" client cert from another CA (used for a negative sanity check).
+    "$BIN" dev-certs "$CERTS" >"$TMP/dev-certs.log" 2>&1 \
+        || { cat "$TMP/dev-certs.log" >&2; die "'$BIN dev-certs $CERTS' failed"; }
+    for f in ca.pem server.pem server-key.pem client.pem client-key.pem rogue-client.pem rogue-client-key.pem; do
+        [[ -s "$CERTS/$f" ]] || die "dev-certs did not write $CERTS/$f"
+    done
+    # Paths are relative to the gateway file (which sits in $TMP).
+    MTLS_LISTENER="
+  - name: mtls
+    address: $HOST:$PORTCULLIS_TLS_PORT
+    tls:
+      certificates:
+        - cert: certs/server.pem
+          key: certs/server-key.pem
+      client_auth: required
+      client_ca: [certs/ca.pem]"
+    NGINX_TLS_SERVER="
+    # mTLS termination: client certificate required, verified against the dev CA.
+    server {
+        listen $HOST:$NGINX_TLS_PORT ssl;
+        ssl_certificate        $CERTS/server.pem;
+        ssl_certificate_key    $CERTS/server-key.pem;
+        ssl_client_certificate $CERTS/ca.pem;
+        ssl_verify_client      on;
+        ssl_protocols          TLSv1.2 TLSv1.3;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }"
+fi
+
 cat >"$TMP/gateway.yaml" <<EOF
 listeners:
   - name: public
-    address: $HOST:$PORTCULLIS_PORT
+    address: $HOST:$PORTCULLIS_PORT$MTLS_LISTENER
 admin:
   address: $HOST:$ADMIN_PORT
 clusters:
@@ -323,7 +440,7 @@ http {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }
-    }
+    }$NGINX_TLS_SERVER
 }
 EOF
 
@@ -331,11 +448,14 @@ EOF
 # Run oha once in the background and wait for it, so that a signal to this
 # script interrupts the wait and the EXIT trap stops oha (its own process group,
 # created by timeout) along with the services.
-oha_once() { # seconds url out err
-    local secs="$1" url="$2" out="$3" err="$4" pid rc=0
+# OHA_TLS (set by measure) adds the TLS options for the mTLS rows.
+OHA_TLS=()
+oha_once() { # seconds connections url out err
+    local secs="$1" conns="$2" url="$3" out="$4" err="$5" pid rc=0
     timeout --kill-after=5 $((secs + 30)) \
         env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy \
-        oha --no-tui -z "${secs}s" -c "$CONNECTIONS" "${OHA_JSON[@]}" "${OHA_EXTRA[@]+"${OHA_EXTRA[@]}"}" "$url" \
+        oha --no-tui -z "${secs}s" -c "$conns" "${OHA_JSON[@]}" "${OHA_EXTRA[@]+"${OHA_EXTRA[@]}"}" \
+        "${OHA_TLS[@]+"${OHA_TLS[@]}"}" "$url" \
         >"$out" 2>"$err" </dev/null &
     pid=$!
     PIDS+=("$pid")
@@ -344,17 +464,29 @@ oha_once() { # seconds url out err
     return "$rc"
 }
 
-# measure NAME PORT: warm-up, measured run, parse into RPS/P50/P99/NOTE[NAME].
+# measure NAME PORT [tls]: warm-up, measured run, parse into RPS/P50/P99/NOTE[NAME].
+# With "tls": https://localhost:PORT with the dev client certificate, TLS_CONNECTIONS
+# connections, and localhost pinned to 127.0.0.1 (--connect-to) so it never depends
+# on how localhost resolves.
 declare -A RPS P50 P99 NOTE
 measure() {
-    local name="$1" port="$2" url out
-    url="http://$HOST:$port$BENCH_PATH"
+    local name="$1" port="$2" mode="${3:-plain}" url out conns
+    if [[ "$mode" == tls ]]; then
+        url="https://$TLS_NAME:$port$BENCH_PATH"
+        conns="$TLS_CONNECTIONS"
+        OHA_TLS=(--cacert "$CERTS/ca.pem" --cert "$CERTS/client.pem" --key "$CERTS/client-key.pem"
+            --connect-to "$TLS_NAME:$port:$HOST:$port")
+    else
+        url="http://$HOST:$port$BENCH_PATH"
+        conns="$CONNECTIONS"
+        OHA_TLS=()
+    fi
     out="$TMP/oha-$name.json"
     log "$name: warm-up ${WARMUP_S}s"
-    oha_once "$WARMUP_S" "$url" "$TMP/oha-$name-warmup.json" "$TMP/oha-$name-warmup.err" \
+    oha_once "$WARMUP_S" "$conns" "$url" "$TMP/oha-$name-warmup.json" "$TMP/oha-$name-warmup.err" \
         || { cat "$TMP/oha-$name-warmup.err" >&2; die "$name: oha warm-up failed"; }
-    log "$name: measuring ${DURATION_S}s, $CONNECTIONS connections, GET $url"
-    oha_once "$DURATION_S" "$url" "$out" "$TMP/oha-$name.err" \
+    log "$name: measuring ${DURATION_S}s, $conns connections, GET $url"
+    oha_once "$DURATION_S" "$conns" "$url" "$out" "$TMP/oha-$name.err" \
         || { cat "$TMP/oha-$name.err" >&2; die "$name: oha run failed"; }
     # oha JSON: summary.requestsPerSec; latencyPercentiles.p50/.p99 in seconds;
     # statusCodeDistribution {"200": n}; errorDistribution {"msg": n}.
@@ -416,8 +548,13 @@ start_service nginx "$TMP/nginx/stdout.log" nginx "${NGINX_ARGS[@]}"
 NGINX_PID=$LAST_PID
 wait_http nginx "$NGINX_PID" "http://$HOST:$NGINX_PORT$BENCH_PATH" "" "$TMP/nginx/error.log"
 require_200 nginx "http://$HOST:$NGINX_PORT$BENCH_PATH"
+if [[ "$SKIP_MTLS" != 1 ]]; then check_mtls nginx-mtls "$NGINX_TLS_PORT" "$NGINX_PID" "$TMP/nginx/error.log"; fi
 
 if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+    if [[ "$SKIP_MTLS" != 1 ]] && "$BIN" validate --help >/dev/null 2>&1; then
+        (cd "$TMP" && "$BIN" validate --config "$TMP/gateway.yaml") >"$TMP/validate.log" 2>&1 \
+            || { cat "$TMP/validate.log" >&2; die "portcullis rejects the generated gateway.yaml with the mTLS listener ($TMP/gateway.yaml); set SKIP_MTLS=1 for a binary without TLS listeners"; }
+    fi
     # cwd = work dir, so a relative `policies: routes` resolves either way.
     # shellcheck disable=SC2016  # $1/$2 are expanded by the inner bash
     start_service portcullis "$TMP/portcullis.log" \
@@ -425,6 +562,7 @@ if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
     PC_PID=$LAST_PID
     wait_http portcullis "$PC_PID" "http://$HOST:$ADMIN_PORT/readyz" 200 "$TMP/portcullis.log"
     require_200 portcullis "http://$HOST:$PORTCULLIS_PORT$BENCH_PATH"
+    if [[ "$SKIP_MTLS" != 1 ]]; then check_mtls portcullis-mtls "$PORTCULLIS_TLS_PORT" "$PC_PID" "$TMP/portcullis.log"; fi
 fi
 
 ROUND_LINES=()
@@ -439,6 +577,22 @@ for ((r = 1; r <= ROUNDS; r++)); do
     fi
     ROUND_LINES+=("$line")
 done
+
+# mTLS: same backend, same alternation, after the plain rounds.
+MTLS_ROUND_LINES=()
+if [[ "$SKIP_MTLS" != 1 ]]; then
+    for ((r = 1; r <= ROUNDS; r++)); do
+        measure "nginx-mtls-$r" "$NGINX_TLS_PORT" tls
+        line="| $r | ${RPS[nginx-mtls-$r]}"
+        if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+            measure "portcullis-mtls-$r" "$PORTCULLIS_TLS_PORT" tls
+            line+=" | ${RPS[portcullis-mtls-$r]} | $(python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "${RPS[portcullis-mtls-$r]}" "${RPS[nginx-mtls-$r]}") |"
+        else
+            line+=" | skipped | |"
+        fi
+        MTLS_ROUND_LINES+=("$line")
+    done
+fi
 stop_service "$NGINX_PID"
 if [[ "$SKIP_PORTCULLIS" != 1 ]]; then stop_service "$PC_PID"; fi
 
@@ -451,6 +605,10 @@ median() {
 }
 median nginx
 if [[ "$SKIP_PORTCULLIS" != 1 ]]; then median portcullis; fi
+if [[ "$SKIP_MTLS" != 1 ]]; then
+    median nginx-mtls
+    if [[ "$SKIP_PORTCULLIS" != 1 ]]; then median portcullis-mtls; fi
+fi
 
 stop_service "$BACKEND_PID"
 
@@ -458,8 +616,8 @@ stop_service "$BACKEND_PID"
 ratio() { # a b -> a/b with 2 decimals
     python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print("%.2f" % (a / b) if b > 0 else "n/a")' "$1" "$2"
 }
-row() { # label name
-    printf '| %s | %.0f | %s | %s | %s |\n' "$1" "${RPS[$2]}" "${P50[$2]}" "${P99[$2]}" "$(ratio "${RPS[$2]}" "${RPS[nginx]}")"
+row() { # label name [reference name, default nginx]
+    printf '| %s | %.0f | %s | %s | %s |\n' "$1" "${RPS[$2]}" "${P50[$2]}" "${P99[$2]}" "$(ratio "${RPS[$2]}" "${RPS[${3:-nginx}]}")"
 }
 
 GIT_REV="$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no commit')"
@@ -499,6 +657,50 @@ REPORT="$(
         echo "Portcullis/nginx req/s ratio (medians): $(ratio "${RPS[portcullis]}" "${RPS[nginx]}")"
     else
         echo "Portcullis/nginx req/s ratio: n/a (SKIP_PORTCULLIS=1)"
+    fi
+    echo
+    echo "## mTLS"
+    echo
+    if [[ "$SKIP_MTLS" == 1 ]]; then
+        echo "Skipped (SKIP_MTLS=1)."
+    else
+        echo "- load: \`oha --no-tui -z ${DURATION_S}s -c $TLS_CONNECTIONS ${OHA_JSON[*]}${OHA_EXTRA[*]:+ ${OHA_EXTRA[*]}} --cacert ca.pem --cert client.pem --key client-key.pem --connect-to $TLS_NAME:PORT:$HOST:PORT\`, ${WARMUP_S}s warm-up per target, HTTP/1.1 keep-alive"
+        echo "- request: GET https://$TLS_NAME:PORT$BENCH_PATH (connected to $HOST; certificates from \`portcullis dev-certs\`, ECDSA P-256)"
+        echo "- nginx: same instance and upstream as above, server block \`listen ssl\`, \`ssl_verify_client on\`, \`ssl_protocols TLSv1.2 TLSv1.3\`, otherwise default TLS settings"
+        if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+            echo "- portcullis: same process as above, listener \`mtls\` with \`client_auth: required\`, \`client_ca: [ca.pem]\`"
+        fi
+        for n in nginx-mtls portcullis-mtls; do
+            if [[ -n "${MTLS_CHECK[$n]:-}" ]]; then
+                echo "- sanity check, $n: ${MTLS_CHECK[$n]}; curl negotiated ${TLS_SESSION[$n]:-(unknown)}"
+            fi
+        done
+        echo
+        echo "Median of $ROUNDS alternating rounds:"
+        echo
+        echo "| target | req/s | p50 ms | p99 ms | req/s ratio vs nginx mTLS |"
+        echo "|---|---:|---:|---:|---:|"
+        row "nginx mTLS → backend" nginx-mtls nginx-mtls
+        if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+            row "portcullis mTLS → backend" portcullis-mtls nginx-mtls
+        else
+            echo "| portcullis mTLS → backend | skipped | | | |"
+        fi
+        echo
+        for n in nginx-mtls portcullis-mtls; do
+            if [[ -n "${NOTE[$n]:-}" && "${NOTE[$n]}" != "-" ]]; then echo "- warning, $n: ${NOTE[$n]}"; fi
+        done
+        echo "Rounds (req/s):"
+        echo
+        echo "| round | nginx mTLS | portcullis mTLS | ratio |"
+        echo "|---:|---:|---:|---:|"
+        printf '%s\n' "${MTLS_ROUND_LINES[@]}"
+        echo
+        if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+            echo "Portcullis/nginx mTLS req/s ratio (medians): $(ratio "${RPS[portcullis-mtls]}" "${RPS[nginx-mtls]}")"
+        else
+            echo "Portcullis/nginx mTLS req/s ratio: n/a (SKIP_PORTCULLIS=1)"
+        fi
     fi
 )"
 

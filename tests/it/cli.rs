@@ -71,6 +71,19 @@ fn validate_accepts_the_demo_config_and_names_missing_variables() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
+    for f in portcullis::tls::devcerts::DEV_FILES {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(certs.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        if f.ends_with("-key.pem") {
+            assert_eq!(mode, 0o600, "{f} must be private");
+        } else {
+            assert_ne!(mode & 0o044, 0, "{f} is a public file");
+        }
+    }
     let out = Command::new(BIN)
         .args(["validate", "--config", demo])
         .env("DEMO_CERTS", certs.path())

@@ -26,6 +26,8 @@ struct Pki {
     expired: Issued,
     revoked: Issued,
     rogue: Issued,
+    /// A certificate from the trusted CA but for servers only (no clientAuth EKU).
+    server_only: Issued,
 }
 
 impl Pki {
@@ -57,6 +59,9 @@ impl Pki {
             .unwrap()
             .issue("acme-web", &[], Usage::Client, 2, 30)
             .unwrap();
+        let server_only = ca
+            .issue("acme-web", &["acme-web.internal"], Usage::Server, 6, 30)
+            .unwrap();
         dir.write("ca.pem", &ca.cert_pem);
         dir.write("server.pem", &server.cert_pem);
         dir.write("server-key.pem", &server.key_pem);
@@ -69,6 +74,7 @@ impl Pki {
             expired,
             revoked,
             rogue,
+            server_only,
         }
     }
 
@@ -310,6 +316,20 @@ async fn missing_untrusted_expired_and_revoked_client_certificates_are_refused()
             "{who} counted as {result}"
         );
     }
+    // A certificate of the trusted CA without the clientAuth extended key usage is refused too.
+    let r = tls_get(
+        &gw,
+        &pki,
+        Some(&pki.server_only),
+        "/v1/accounts/acc-100",
+        &[],
+    )
+    .await;
+    assert!(
+        r.is_err(),
+        "a server-only certificate must not authenticate a client: {r:?}"
+    );
+    assert_eq!(handshakes(&gw, "untrusted").await, 2.0);
     assert_eq!(
         b.hits.load(std::sync::atomic::Ordering::SeqCst),
         0,
