@@ -86,6 +86,9 @@ pub fn compile(checked: Checked) -> Result<Runtime, String> {
             clients,
             request_timeout: r.request_timeout,
             mtls: r.mtls.clone().map(Into::into),
+            metrics: Arc::new(crate::observe::metrics::RouteMetrics::new(
+                r.name.as_str().into(),
+            )),
         });
         router
             .insert(r.host.as_deref(), &r.template, &r.methods, route)

@@ -4,10 +4,7 @@
 //! bounded sets (route names from config, a fixed method list, status classes) so a client can
 //! never grow the series count.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{Histogram, IntCounter};
@@ -30,8 +27,8 @@ impl std::ops::Deref for Metrics {
 
 /// The metric handles behind [`Metrics`].
 pub struct MetricsInner {
-    id: u64,
     registry: Registry,
+    none_route: RouteMetrics,
     /// Requests by route, method and status class.
     pub requests: IntCounterVec,
     /// Request latency by route.
@@ -207,10 +204,9 @@ impl Metrics {
         registry.register(Box::new(tls_connections.clone()))?;
         registry.register(Box::new(tls_not_after.clone()))?;
         registry.register(Box::new(tls_reloads.clone()))?;
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(Self(Arc::new(MetricsInner {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
+            none_route: RouteMetrics::new("none".into()),
             requests,
             request_duration,
             upstream_errors,
@@ -228,59 +224,34 @@ impl Metrics {
         })))
     }
 
-    /// Counts a finished request (route `None` = unmatched) and its latency.
-    ///
-    /// Label lookups are cached per thread, so the hot path touches no lock and no hash of the
-    /// label set; only the counters' own atomics.
+    /// Counts a finished request (route `None` = unmatched) and its latency. The route's
+    /// handles are resolved once and kept in the compiled route, so the hot path does no label
+    /// lookup, no hashing and takes no lock.
     pub fn observe_request(
         &self,
-        route: Option<&Arc<str>>,
+        route: Option<&RouteMetrics>,
         method: &http::Method,
         status: http::StatusCode,
         elapsed: Duration,
     ) {
-        let name = route.map_or("none", |r| &**r);
-        ROUTES.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            let cache = cache.entry(self.id).or_default();
-            if !cache.contains_key(name) {
-                cache.insert(
-                    name.into(),
-                    RouteHandles {
-                        duration: self.request_duration.with_label_values(&[name]),
-                        requests: Default::default(),
-                    },
-                );
-            }
-            let Some(entry) = cache.get_mut(name) else {
-                return;
-            };
-            let m = method_index(method);
-            let c = class_index(status);
-            let counter = entry.requests[m][c].get_or_insert_with(|| {
+        let r = route.unwrap_or(&self.none_route);
+        let m = method_index(method);
+        let c = class_index(status);
+        r.requests[m][c]
+            .get_or_init(|| {
                 self.requests
-                    .with_label_values(&[name, METHODS[m], CLASSES[c]])
-            });
-            counter.inc();
-            entry.duration.observe(elapsed.as_secs_f64());
-        });
+                    .with_label_values(&[&r.name, METHODS[m], CLASSES[c]])
+            })
+            .inc();
+        r.duration
+            .get_or_init(|| self.request_duration.with_label_values(&[&r.name]))
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Records the time an upstream took to answer with headers.
-    pub fn observe_upstream(&self, cluster: &str, elapsed: Duration) {
-        CLUSTERS.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            let cache = cache.entry(self.id).or_default();
-            if !cache.contains_key(cluster) {
-                cache.insert(
-                    cluster.into(),
-                    self.upstream_duration.with_label_values(&[cluster]),
-                );
-            }
-            if let Some(h) = cache.get(cluster) {
-                h.observe(elapsed.as_secs_f64());
-            }
-        });
+    pub fn observe_upstream(&self, cell: &OnceLock<Histogram>, cluster: &str, elapsed: Duration) {
+        cell.get_or_init(|| self.upstream_duration.with_label_values(&[cluster]))
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Renders the Prometheus text exposition format.
@@ -306,39 +277,24 @@ impl Metrics {
     }
 }
 
-struct RouteHandles {
-    duration: Histogram,
-    requests: [[Option<IntCounter>; 5]; 8],
+/// A route's metric handles, resolved on first use and kept with the compiled route.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    /// The route's name (the `route` label).
+    pub name: Arc<str>,
+    duration: OnceLock<Histogram>,
+    requests: [[OnceLock<IntCounter>; 5]; 8],
 }
 
-/// FNV-1a: the cache keys are route and cluster names from the config, not client input, so a
-/// fast non-keyed hash is safe here.
-#[derive(Default, Clone, Copy)]
-struct Fnv(u64);
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+impl RouteMetrics {
+    /// Handles for the route `name`.
+    pub fn new(name: Arc<str>) -> Self {
+        Self {
+            name,
+            duration: OnceLock::new(),
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
         }
-        self.0 = h;
     }
-}
-
-type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
-
-thread_local! {
-    static ROUTES: RefCell<FnvMap<u64, FnvMap<Box<str>, RouteHandles>>> = RefCell::new(FnvMap::default());
-    static CLUSTERS: RefCell<FnvMap<u64, FnvMap<Box<str>, Histogram>>> = RefCell::new(FnvMap::default());
 }
 
 const METHODS: [&str; 8] = [

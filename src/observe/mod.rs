@@ -29,14 +29,14 @@ use request_id::RequestId;
 
 /// Filled by the router with the matched route's name, read by the access log and metrics.
 #[derive(Debug, Default)]
-pub struct RouteSlot(OnceLock<Arc<str>>);
+pub struct RouteSlot(OnceLock<Arc<metrics::RouteMetrics>>);
 
 impl RouteSlot {
-    /// Records the route name (first write wins).
-    pub fn set(&self, name: Arc<str>) {
-        let _ = self.0.set(name);
+    /// Records the matched route (first write wins).
+    pub fn set(&self, route: Arc<metrics::RouteMetrics>) {
+        let _ = self.0.set(route);
     }
-    fn get(&self) -> Option<&Arc<str>> {
+    fn get(&self) -> Option<&Arc<metrics::RouteMetrics>> {
         self.0.get()
     }
 }
@@ -113,7 +113,7 @@ where
             let elapsed = started.elapsed();
             let route = slot.get().cloned();
             let status = res.status();
-            metrics.observe_request(route.as_ref(), &method, status, elapsed);
+            metrics.observe_request(route.as_deref(), &method, status, elapsed);
             if let Some(kind) = res.extensions().get::<ErrorKind>() {
                 metrics.errors.with_label_values(&[kind.0]).inc();
             }
@@ -122,7 +122,7 @@ where
                     request_id: id,
                     method,
                     path: path.unwrap_or_default(),
-                    route,
+                    route: route.map(|r| r.name.clone()),
                     status: status.as_u16(),
                     error: res.extensions().get::<ErrorKind>().map(|k| k.0),
                     upstream: res.extensions().get::<UpstreamInfo>().cloned(),

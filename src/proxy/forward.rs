@@ -149,7 +149,7 @@ async fn forward(
         return Err(GatewayError::Internal("endpoint pool missing".into()));
     };
     let result = tokio::time::timeout(route.request_timeout, pool.send(req)).await;
-    metrics.observe_upstream(&cluster.name, started.elapsed());
+    metrics.observe_upstream(&cluster.upstream_duration, &cluster.name, started.elapsed());
     let res = match result {
         Err(_) => {
             return Err(count(

@@ -63,7 +63,7 @@ where
         match runtime.router.find(host, req.method(), req.uri().path()) {
             Ok(m) => {
                 if let Some(slot) = req.extensions().get::<Arc<RouteSlot>>() {
-                    slot.set(m.route.name.clone());
+                    slot.set(m.route.metrics.clone());
                 }
                 req.extensions_mut().insert(m);
                 Box::pin(self.inner.call(req))

@@ -103,6 +103,8 @@ pub struct Cluster {
     pub eject_for: Duration,
     /// TLS to the endpoints, when configured.
     pub tls: Option<crate::tls::client::Connector>,
+    /// The cluster's upstream latency histogram, resolved on first use.
+    pub upstream_duration: std::sync::OnceLock<prometheus::Histogram>,
     next: AtomicUsize,
     epoch: Instant,
 }
@@ -138,6 +140,7 @@ impl Cluster {
             protocol,
             eject_for,
             tls,
+            upstream_duration: std::sync::OnceLock::new(),
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
         }
@@ -230,6 +233,8 @@ pub struct Route {
     pub request_timeout: Duration,
     /// mTLS identities admitted (any of), when the route demands one.
     pub mtls: Option<Arc<[crate::tls::identity::IdentityPattern]>>,
+    /// The route's metric handles.
+    pub metrics: Arc<crate::observe::metrics::RouteMetrics>,
 }
 
 thread_local! {
@@ -272,6 +277,7 @@ impl Route {
             clients: Arc::new([client]),
             request_timeout: Duration::from_secs(1),
             mtls: None,
+            metrics: Arc::new(crate::observe::metrics::RouteMetrics::new(name.into())),
         }
     }
 }
