@@ -103,8 +103,13 @@ pub struct Authn<S> {
 
 impl<S> Service<Request<Body>> for Authn<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>,
-    S::Future: Send + 'static,
+    // The inner future is already boxed: on the success path it is passed through as it is.
+    S: Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = GatewayError,
+            Future = BoxFuture<Result<Response<Body>, GatewayError>>,
+        >,
 {
     type Response = Response<Body>;
     type Error = GatewayError;
@@ -130,7 +135,7 @@ where
                 {
                     req.headers_mut().insert(X_PORTCULLIS_CLIENT_CERT, v);
                 }
-                Box::pin(self.inner.call(req))
+                self.inner.call(req)
             }
             Err(e) => Box::pin(async move { Err(GatewayError::Authn(e)) }),
         }

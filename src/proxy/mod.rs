@@ -40,8 +40,13 @@ pub struct RouteService<S> {
 
 impl<S> Service<Request<Body>> for RouteService<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>,
-    S::Future: Send + 'static,
+    // The inner future is already boxed: on the success path it is passed through as it is.
+    S: Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = GatewayError,
+            Future = BoxFuture<Result<Response<Body>, GatewayError>>,
+        >,
 {
     type Response = Response<Body>;
     type Error = GatewayError;
@@ -66,7 +71,7 @@ where
                     slot.set(m.route.metrics.clone());
                 }
                 req.extensions_mut().insert(m);
-                Box::pin(self.inner.call(req))
+                self.inner.call(req)
             }
             Err(e) => Box::pin(async move { Err(GatewayError::Route(e)) }),
         }
