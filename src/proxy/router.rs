@@ -265,8 +265,9 @@ fn search<'a>(
         first.get_or_insert(ep);
         return None;
     }
-    let (seg, tail, last) = match rest.split_once('/') {
-        Some((s, t)) => (s, t, false),
+    // A byte scan beats the generic char searcher on segments this short.
+    let (seg, tail, last) = match rest.bytes().position(|b| b == b'/') {
+        Some(i) => (&rest[..i], &rest[i + 1..], false),
         None => (rest, "", true),
     };
     // `/a/` leaves an empty final segment, which matches nothing.
