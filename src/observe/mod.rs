@@ -110,6 +110,11 @@ where
             let res = fut.await;
             drop(guard);
             let mut res = res?;
+            // Every response carries the request id, errors included.
+            if let Some(id) = &id {
+                res.headers_mut()
+                    .insert(request_id::X_REQUEST_ID, id.header_value());
+            }
             let elapsed = started.elapsed();
             let route = slot.get().cloned();
             let status = res.status();

@@ -3,7 +3,8 @@
 //! Keeps an inbound `X-Request-Id` of 1–128 characters from `[A-Za-z0-9._:-]`, otherwise makes a
 //! UUIDv7. Continues a valid inbound `traceparent` (with a new parent id for this hop) or starts
 //! a new trace. Writes the [`RequestId`] and [`TraceContext`] request extensions and sets the
-//! (normalised) headers on the request, so the upstream sees exactly what the response carries.
+//! (normalised) headers on the request, so the upstream sees exactly what the response carries
+//! (the observe layer copies the id onto every response).
 
 use std::task::{Context, Poll};
 
@@ -83,6 +84,23 @@ pub struct TraceContext {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+thread_local! {
+    /// SplitMix64 state, seeded once per thread from the OS generator (via uuid).
+    static RNG: std::cell::Cell<u64> = std::cell::Cell::new(uuid::Uuid::new_v4().as_u64_pair().0);
+}
+
+/// 64 random bits for trace and span ids: unique and unpredictable enough for tracing (W3C asks
+/// for random ids, not secrets); ids that must resist guessing use the OS generator instead.
+fn next_random() -> u64 {
+    RNG.with(|s| {
+        let mut z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
+
 fn hex_into(out: &mut [u8], bytes: &[u8]) {
     for (i, b) in bytes.iter().enumerate() {
         out[2 * i] = HEX[usize::from(b >> 4)];
@@ -116,9 +134,7 @@ fn unhex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
 impl TraceContext {
     /// Continues a valid inbound `traceparent` or starts a new sampled trace.
     pub fn from_inbound(value: Option<&HeaderValue>) -> Self {
-        let random = uuid::Uuid::new_v4().as_u128().to_le_bytes();
-        let mut span_id = [0u8; 8];
-        span_id.copy_from_slice(&random[..8]);
+        let mut span_id = next_random().to_le_bytes();
         span_id[0] |= 1; // never all zeros
         if let Some((trace_id, parent, flags)) = value.and_then(|v| parse_traceparent(v.as_bytes()))
         {
@@ -129,7 +145,9 @@ impl TraceContext {
                 flags,
             };
         }
-        let mut trace_id = uuid::Uuid::new_v4().as_u128().to_le_bytes();
+        let mut trace_id = [0u8; 16];
+        trace_id[..8].copy_from_slice(&next_random().to_le_bytes());
+        trace_id[8..].copy_from_slice(&next_random().to_le_bytes());
         trace_id[15] |= 1;
         Self {
             trace_id,
@@ -194,11 +212,12 @@ pub struct RequestIdService<S> {
 impl<S, B, RB> Service<Request<B>> for RequestIdService<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = crate::BoxFuture<Result<Self::Response, Self::Error>>;
+    // Request-side only: the observe layer copies the id onto the response, so this layer
+    // needs no response future of its own.
+    type Future = S::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -214,15 +233,9 @@ where
             // A new trace makes any inbound vendor state meaningless.
             headers.remove(TRACESTATE);
         }
-        let value = id.header_value();
         req.extensions_mut().insert(id);
         req.extensions_mut().insert(trace);
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut res = fut.await?;
-            res.headers_mut().insert(X_REQUEST_ID, value);
-            Ok(res)
-        })
+        self.inner.call(req)
     }
 }
 

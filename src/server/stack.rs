@@ -1,7 +1,8 @@
 //! The one place that orders the pipeline (see PRODUCT.md). Outermost first:
 //!
-//! 1. [`RequestIdLayer`] — request id and trace context (stage 3); the id goes on every response.
-//! 2. [`ObserveLayer`] — metrics, the request span, the access log (stage 13).
+//! 1. [`RequestIdLayer`] — request id and trace context (stage 3).
+//! 2. [`ObserveLayer`] — metrics, the request span, the access log (stage 13); copies the
+//!    request id onto every response.
 //! 3. [`Rescue`] — every error below becomes one problem+json response (stage 12).
 //! 4. [`ConfigLayer`] — one `ArcSwap::load` of the current config per request.
 //! 5. [`HygieneLayer`] — hop-by-hop and identity headers, `X-Forwarded-*` (stage 4).
