@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
+use tower::util::MapResponse;
 use tower::{Layer, Service};
 
 use crate::config::Runtime;
@@ -19,10 +20,22 @@ use crate::server::ConnInfo;
 #[derive(Debug, Clone, Default)]
 pub struct HygieneLayer;
 
+/// Cleans a response on its way out (a plain function, so the response side needs no boxed
+/// future: tower's `MapResponse` names its future type).
+fn clean(mut res: Response<crate::Body>) -> Response<crate::Body> {
+    headers::clean_response(res.headers_mut());
+    res
+}
+
+/// The response half of the hygiene layer.
+pub type CleanResponse<S> = MapResponse<S, fn(Response<crate::Body>) -> Response<crate::Body>>;
+
 impl<S> Layer<S> for HygieneLayer {
-    type Service = Hygiene<S>;
+    type Service = Hygiene<CleanResponse<S>>;
     fn layer(&self, inner: S) -> Self::Service {
-        Hygiene { inner }
+        Hygiene {
+            inner: MapResponse::new(inner, clean as fn(_) -> _),
+        }
     }
 }
 
@@ -32,14 +45,13 @@ pub struct Hygiene<S> {
     inner: S,
 }
 
-impl<S, B, RB> Service<Request<B>> for Hygiene<S>
+impl<S, B> Service<Request<B>> for Hygiene<S>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
+    S: Service<Request<B>, Response = Response<crate::Body>>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = crate::BoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = S::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -69,11 +81,6 @@ where
         if let Some((peer_ip, proto, trusted)) = forwarded {
             headers::set_forwarded(h, &peer_ip, proto, host.as_ref(), trusted);
         }
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut res = fut.await?;
-            headers::clean_response(res.headers_mut());
-            Ok(res)
-        })
+        self.inner.call(req)
     }
 }
