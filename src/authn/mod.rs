@@ -122,7 +122,7 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let id = req
             .extensions()
-            .get::<ConnInfo>()
+            .get::<std::sync::Arc<ConnInfo>>()
             .and_then(|c| c.identity.clone());
         let rule = req
             .extensions()

@@ -44,13 +44,13 @@ impl RouteSlot {
 /// Counts requests, records latency and writes the access log.
 #[derive(Debug, Clone)]
 pub struct ObserveLayer {
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     access_log: bool,
 }
 
 impl ObserveLayer {
     /// Creates the layer; `access_log` turns the per-request log line on.
-    pub fn new(metrics: Metrics, access_log: bool) -> Self {
+    pub fn new(metrics: Arc<Metrics>, access_log: bool) -> Self {
         Self {
             metrics,
             access_log,
@@ -73,7 +73,7 @@ impl<S> Layer<S> for ObserveLayer {
 #[derive(Debug, Clone)]
 pub struct Observe<S> {
     inner: S,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     access_log: bool,
 }
 

@@ -47,12 +47,12 @@ impl UpstreamInfo {
 /// Forwards routed requests to their cluster.
 #[derive(Debug, Clone)]
 pub struct Forward {
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
 }
 
 impl Forward {
     /// Creates the forwarding service.
-    pub fn new(metrics: Metrics) -> Self {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
         Self { metrics }
     }
 }

@@ -60,7 +60,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // Read what the forwarded headers need before the headers are borrowed mutably; the
         // clones are reference counts, never copies.
-        let forwarded = req.extensions().get::<ConnInfo>().map(|conn| {
+        let forwarded = req.extensions().get::<Arc<ConnInfo>>().map(|conn| {
             let trusted = req.extensions().get::<Arc<Runtime>>().is_some_and(|r| {
                 !r.trusted_proxies.is_empty()
                     && headers::is_trusted(conn.peer.ip(), &r.trusted_proxies)

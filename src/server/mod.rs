@@ -158,7 +158,6 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
         .map(|(_, socks)| socks[0].local_addr())
         .collect::<std::io::Result<Vec<_>>>()?;
     let (tx, rx) = watch::channel(false);
-    let pipeline = stack::build(&shared, settings.access_log);
     let mut done = Vec::new();
     for w in 0..workers {
         let mut listeners = Vec::new();
@@ -171,7 +170,8 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
         let ctx = WorkerCtx {
             id: w,
             listeners,
-            pipeline: pipeline.clone(),
+            // Built per worker, so the per-request clones stay on the worker's own counts.
+            pipeline: stack::build(&shared, settings.access_log),
             metrics: metrics.clone(),
             shutdown: rx.clone(),
             grace: settings.shutdown_grace,
@@ -618,6 +618,8 @@ async fn serve_connection<S>(
     });
     let act = activity.clone();
     let peer = info.peer;
+    // One allocation per connection; each request clones this Arc (a count no other thread touches).
+    let info = Arc::new(info);
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(info.clone());
         act.in_flight.fetch_add(1, Ordering::Relaxed);

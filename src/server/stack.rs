@@ -34,15 +34,19 @@ use super::Shared;
 pub type Pipeline = BoxCloneService<Request<Body>, Response<Body>, Infallible>;
 
 /// Builds the pipeline over `shared` state.
+///
+/// Call it once per worker: the metrics handle is wrapped in a per-worker `Arc`, so cloning it
+/// per request touches a count no other thread writes.
 pub fn build(shared: &Arc<Shared>, access_log: bool) -> Pipeline {
+    let metrics = Arc::new(shared.metrics.clone());
     let svc = ServiceBuilder::new()
         .layer(RequestIdLayer)
-        .layer(ObserveLayer::new(shared.metrics.clone(), access_log))
+        .layer(ObserveLayer::new(metrics.clone(), access_log))
         .layer_fn(Rescue::new)
         .layer(ConfigLayer::new(shared.config.clone()))
         .layer(HygieneLayer)
         .layer(RouterLayer)
         .layer(AuthnLayer)
-        .service(Forward::new(shared.metrics.clone()));
+        .service(Forward::new(metrics));
     BoxCloneService::new(svc)
 }

@@ -271,6 +271,19 @@ async fn handshakes(gw: &Gateway, result: &str) -> f64 {
     prom::value(&m, "portcullis_tls_handshakes_total", &[("result", result)]).unwrap_or(0.0)
 }
 
+/// The client can see a refused handshake before the server task has counted it: wait (bounded)
+/// for the counter to reach `want`, then return what it reads.
+async fn handshakes_reach(gw: &Gateway, result: &str, want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = handshakes(gw, result).await;
+        if v >= want || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_trusted_client_reaches_the_backend_with_its_identity_and_spoofs_are_dropped() {
     let pki = Pki::new();
@@ -311,7 +324,7 @@ async fn missing_untrusted_expired_and_revoked_client_certificates_are_refused()
         let r = tls_get(&gw, &pki, cert, "/v1/accounts/acc-100", &[]).await;
         assert!(r.is_err(), "{who}: expected a refused handshake, got {r:?}");
         assert_eq!(
-            handshakes(&gw, result).await,
+            handshakes_reach(&gw, result, 1.0).await,
             1.0,
             "{who} counted as {result}"
         );
@@ -329,7 +342,7 @@ async fn missing_untrusted_expired_and_revoked_client_certificates_are_refused()
         r.is_err(),
         "a server-only certificate must not authenticate a client: {r:?}"
     );
-    assert_eq!(handshakes(&gw, "untrusted").await, 2.0);
+    assert_eq!(handshakes_reach(&gw, "untrusted", 2.0).await, 2.0);
     assert_eq!(
         b.hits.load(std::sync::atomic::Ordering::SeqCst),
         0,
@@ -504,7 +517,7 @@ async fn old_protocols_and_cbc_suites_are_refused() {
     })
     .await
     .unwrap();
-    assert!(handshakes(&gw, "protocol").await >= 3.0);
+    assert!(handshakes_reach(&gw, "protocol", 3.0).await >= 3.0);
 }
 
 #[tokio::test]
