@@ -686,3 +686,79 @@ async fn an_upstream_that_demands_a_client_certificate_is_reached() {
     let gw = Gateway::start(&gateway_yaml(&cluster(false), ""), routes).await;
     assert_eq!(get(&gw.url("/v1/ledger"), &[]).await.status, 502);
 }
+
+#[tokio::test]
+async fn sighup_reloads_certificates_when_file_polling_is_off() {
+    let pki = Pki::new();
+    let b = Backend::start("main").await;
+    let (port, admin) = (closed_port(), closed_port());
+    let yaml = gateway_yaml(
+        &format!("  main:\n    endpoints: [\"{}\"]\n", b.addr),
+        "reload:\n  poll_interval: 0s\n",
+    )
+    .replace(
+        "    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0",
+        &format!(
+            "    address: {port}\n{}admin:\n  address: {admin}",
+            pki.listener_tls("required")
+        ),
+    );
+    let cfg = pki.dir.write("gateway.yaml", &yaml);
+    pki.dir.write("routes/routes.yaml", ROUTES);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = || client_config(&pki.ca.cert_pem, Some(&pki.client), &[b"http/1.1"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Ok(c) = connect(port, client()).await {
+            break c.server_cert;
+        }
+        assert!(Instant::now() < deadline, "gateway did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let next = pki
+        .ca
+        .issue(
+            "localhost",
+            &["localhost", "127.0.0.1"],
+            Usage::Server,
+            88,
+            30,
+        )
+        .unwrap();
+    pki.dir.write("server-key.pem", &next.key_pem);
+    pki.dir.write("server.pem", &next.cert_pem);
+    // Polling is off: without a signal the old certificate stays.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(connect(port, client()).await.unwrap().server_cert, first);
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let want = CertificateDer::from_pem_slice(next.cert_pem.as_bytes())
+        .unwrap()
+        .to_vec();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connect(port, client()).await.map(|c| c.server_cert).ok() != Some(want.clone()) {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap()
+            .success()
+    );
+}
