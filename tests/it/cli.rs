@@ -1,7 +1,7 @@
 //! The command line: `validate` reports every mistake; `run` drains on SIGTERM and exits 0.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -140,26 +140,20 @@ async fn sigterm_lets_the_slow_request_finish_refuses_new_connections_and_exits_
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = client::<http_body_util::Full<bytes::Bytes>>()
-            .get(format!("http://{admin}/readyz").parse().unwrap())
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if ready {
-            break;
-        }
-        assert!(Instant::now() < deadline, "gateway did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the gateway to become ready",
+        Duration::from_secs(20),
+        || ready(admin),
+    )
+    .await;
 
     let slow = tokio::spawn(get_owned(format!("http://{port}/slow?ms=2000")));
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        backend.hits.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "the slow request is in flight"
-    );
+    eventually(
+        "the slow request to be in flight",
+        Duration::from_secs(10),
+        || async { backend.hits.load(std::sync::atomic::Ordering::SeqCst) == 1 },
+    )
+    .await;
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -167,28 +161,20 @@ async fn sigterm_lets_the_slow_request_finish_refuses_new_connections_and_exits_
     assert!(killed.success());
 
     // New connections are refused while the slow request drains.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        if tokio::net::TcpStream::connect(port).await.is_err() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the listener still accepts after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the listener to refuse after SIGTERM",
+        Duration::from_secs(2),
+        || async { tokio::net::TcpStream::connect(port).await.is_err() },
+    )
+    .await;
     let r = slow.await.unwrap();
     assert_eq!(r.status, 200, "the in-flight request completes");
 
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the gateway did not exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(15), exit)
+        .await
+        .expect("the gateway did not exit")
+        .unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
 
@@ -220,11 +206,12 @@ async fn logs_are_json_lines_and_each_line_of_a_request_carries_its_id() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(admin).await.is_err() {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the gateway to become ready",
+        Duration::from_secs(20),
+        || ready(admin),
+    )
+    .await;
     let r = get(
         &format!("http://{port}/dead"),
         &[("x-request-id", "log-test-dead")],

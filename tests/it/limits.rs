@@ -67,7 +67,15 @@ async fn connections_over_the_cap_are_closed_and_counted() {
     let (gw, _b) = gateway("    max_connections: 2\n").await;
     let _a = TcpStream::connect(gw.addr).await.unwrap();
     let _b2 = TcpStream::connect(gw.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(
+        "both connections to be accepted",
+        Duration::from_secs(5),
+        || async {
+            let m = prom::parse(&gw.metrics().await).unwrap();
+            prom::value(&m, "portcullis_connections_open", &[("listener", "public")]) == Some(2.0)
+        },
+    )
+    .await;
     let mut third = TcpStream::connect(gw.addr).await.unwrap();
     let _ = third.write_all(b"GET /r HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let text = read_until_closed(&mut third, Duration::from_secs(5))

@@ -1,24 +1,12 @@
 //! Hot reload: valid edits apply without failing in-flight requests; invalid ones are counted
 //! and the old routes keep serving.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
 const ROUTES_V1: &str =
     "routes:\n  - name: slow\n    methods: [GET]\n    path: /slow\n    cluster: main\n";
-
-async fn wait_for<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn reloads(gw: &Gateway, result: &str) -> f64 {
     let m = prom::parse(&gw.metrics().await).unwrap();
@@ -35,7 +23,12 @@ async fn valid_edit_applies_without_failing_in_flight_and_invalid_edit_keeps_old
     // A request in flight on the old config…
     let slow_url = gw.url("/slow?ms=1500");
     let in_flight = tokio::spawn(async move { get(&slow_url, &[]).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually(
+        "the slow request to reach the backend",
+        Duration::from_secs(10),
+        || async { b.hits.load(std::sync::atomic::Ordering::SeqCst) == 1 },
+    )
+    .await;
 
     // …while a valid edit adds a route.
     let v2 = format!(
@@ -43,7 +36,7 @@ async fn valid_edit_applies_without_failing_in_flight_and_invalid_edit_keeps_old
     );
     gw.dir.write("routes/routes.yaml", &v2);
     let url = gw.url("/new");
-    wait_for("the new route", || {
+    eventually("the new route", Duration::from_secs(10), || {
         let url = url.clone();
         async move { get(&url, &[]).await.status == 200 }
     })
@@ -60,9 +53,11 @@ async fn valid_edit_applies_without_failing_in_flight_and_invalid_edit_keeps_old
         "routes/routes.yaml",
         &v2.replace("cluster: main\n", "cluster: mian\n"),
     );
-    wait_for("the failed reload to be counted", || async {
-        reloads(&gw, "failure").await == 1.0
-    })
+    eventually(
+        "the failed reload to be counted",
+        Duration::from_secs(10),
+        || async { reloads(&gw, "failure").await == 1.0 },
+    )
     .await;
     assert_eq!(get(&gw.url("/new"), &[]).await.status, 200);
     assert_eq!(get(&gw.url("/slow?ms=0"), &[]).await.status, 200);
@@ -73,13 +68,13 @@ async fn valid_edit_applies_without_failing_in_flight_and_invalid_edit_keeps_old
     // Fixing the file applies it again; an explicit trigger (SIGHUP in the CLI) reloads too.
     gw.dir.write("routes/routes.yaml", ROUTES_V1);
     let url = gw.url("/new");
-    wait_for("the route to be removed", || {
+    eventually("the route to be removed", Duration::from_secs(10), || {
         let url = url.clone();
         async move { get(&url, &[]).await.status == 404 }
     })
     .await;
     gw.reload.notify_one();
-    wait_for("a triggered reload", || async {
+    eventually("a triggered reload", Duration::from_secs(10), || async {
         reloads(&gw, "success").await == 3.0
     })
     .await;

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -274,14 +274,13 @@ async fn handshakes(gw: &Gateway, result: &str) -> f64 {
 /// The client can see a refused handshake before the server task has counted it: wait (bounded)
 /// for the counter to reach `want`, then return what it reads.
 async fn handshakes_reach(gw: &Gateway, result: &str, want: f64) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let v = handshakes(gw, result).await;
-        if v >= want || Instant::now() > deadline {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        &format!("{result} handshakes to reach {want}"),
+        Duration::from_secs(5),
+        || async { handshakes(gw, result).await >= want },
+    )
+    .await;
+    handshakes(gw, result).await
 }
 
 #[tokio::test]
@@ -542,25 +541,20 @@ async fn rotating_the_server_certificate_reaches_new_connections_and_garbage_is_
         .unwrap();
     pki.dir.write("server-key.pem", &next.key_pem);
     pki.dir.write("server.pem", &next.cert_pem);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let rotated = loop {
-        if let Ok(c) = connect(gw.addr, cfg()).await
-            && c.server_cert != first
-        {
-            break c.server_cert;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new certificate was not picked up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(
-        rotated,
-        CertificateDer::from_pem_slice(next.cert_pem.as_bytes())
-            .unwrap()
-            .to_vec()
-    );
+    let rotated = CertificateDer::from_pem_slice(next.cert_pem.as_bytes())
+        .unwrap()
+        .to_vec();
+    assert_ne!(first, rotated);
+    eventually(
+        "new connections to see the new certificate",
+        Duration::from_secs(10),
+        || async {
+            connect(gw.addr, cfg())
+                .await
+                .is_ok_and(|c| c.server_cert == rotated)
+        },
+    )
+    .await;
     // The keep-alive connection opened before the rotation still works.
     assert_eq!(old.get("/v1/accounts/b", &[]).await.unwrap().0.status, 200);
 
@@ -569,18 +563,15 @@ async fn rotating_the_server_certificate_reaches_new_connections_and_garbage_is_
         "server.pem",
         "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n",
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = prom::parse(&gw.metrics().await).unwrap();
-        if prom::value(&m, "portcullis_tls_reloads_total", &[("result", "failure")]) == Some(1.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the broken certificate was not counted"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the broken certificate to be counted",
+        Duration::from_secs(10),
+        || async {
+            let m = prom::parse(&gw.metrics().await).unwrap();
+            prom::value(&m, "portcullis_tls_reloads_total", &[("result", "failure")]) == Some(1.0)
+        },
+    )
+    .await;
     let c = connect(gw.addr, cfg()).await.unwrap();
     assert_eq!(c.server_cert, rotated);
 }
@@ -713,14 +704,13 @@ async fn sighup_reloads_certificates_when_file_polling_is_off() {
         .spawn()
         .unwrap();
     let client = || client_config(&pki.ca.cert_pem, Some(&pki.client), &[b"http/1.1"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let first = loop {
-        if let Ok(c) = connect(port, client()).await {
-            break c.server_cert;
-        }
-        assert!(Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    eventually(
+        "the gateway to become ready",
+        Duration::from_secs(20),
+        || ready(admin),
+    )
+    .await;
+    let first = connect(port, client()).await.unwrap().server_cert;
     let next = pki
         .ca
         .issue(
@@ -733,7 +723,8 @@ async fn sighup_reloads_certificates_when_file_polling_is_off() {
         .unwrap();
     pki.dir.write("server-key.pem", &next.key_pem);
     pki.dir.write("server.pem", &next.cert_pem);
-    // Polling is off: without a signal the old certificate stays.
+    // Polling is off: without a signal the old certificate stays. Showing that something does
+    // not happen takes time: longer than the default 1 s poll that would otherwise pick it up.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(connect(port, client()).await.unwrap().server_cert, first);
     Command::new("kill")
@@ -743,14 +734,16 @@ async fn sighup_reloads_certificates_when_file_polling_is_off() {
     let want = CertificateDer::from_pem_slice(next.cert_pem.as_bytes())
         .unwrap()
         .to_vec();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while connect(port, client()).await.map(|c| c.server_cert).ok() != Some(want.clone()) {
-        assert!(
-            Instant::now() < deadline,
-            "SIGHUP did not reload the certificate"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "SIGHUP to reload the certificate",
+        Duration::from_secs(10),
+        || async {
+            connect(port, client())
+                .await
+                .is_ok_and(|c| c.server_cert == want)
+        },
+    )
+    .await;
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -354,3 +354,29 @@ pub fn assert_problem(r: &Resp, status: u16) -> Value {
     assert!(!v["detail"].as_str().unwrap().is_empty());
     v
 }
+
+/// Waits until `check` holds, polling every 20 ms; fails naming `what` after `limit`. Tests wait
+/// on the event they need (a counter, a refused connect, a new certificate), never on a fixed
+/// amount of time.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether the admin listener at `admin` answers `/readyz` with 200.
+pub async fn ready(admin: SocketAddr) -> bool {
+    client::<Full<Bytes>>()
+        .get(format!("http://{admin}/readyz").parse().unwrap())
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
