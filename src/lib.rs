@@ -7,6 +7,7 @@
 
 pub mod authn;
 pub mod config;
+pub mod decide;
 pub mod demo;
 pub mod error;
 pub mod observe;

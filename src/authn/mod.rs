@@ -6,16 +6,16 @@
 //! request carries `X-Portcullis-Client-Cert` upstream; inbound copies were already stripped by
 //! the hygiene layer.
 
-use std::task::{Context, Poll};
+use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue, Request, Response};
-use tower::{Layer, Service};
+use http::{HeaderName, HeaderValue, Request};
 
+use crate::Body;
+use crate::decide::DecideLayer;
 use crate::error::GatewayError;
 use crate::proxy::RouteMatch;
 use crate::server::ConnInfo;
 use crate::tls::identity::{IdentityPattern, PeerIdentity};
-use crate::{Body, BoxFuture};
 
 /// `X-Portcullis-Client-Cert`: `sha256=<hex>` and, when known, `san="<identity>"`.
 pub const X_PORTCULLIS_CLIENT_CERT: HeaderName =
@@ -85,61 +85,26 @@ fn header_value(id: &PeerIdentity, matched: Option<&str>) -> Option<HeaderValue>
 }
 
 /// Applies the route's authentication rules.
-#[derive(Debug, Clone, Default)]
-pub struct AuthnLayer;
+pub const AUTHN_LAYER: DecideLayer = DecideLayer(authenticate);
 
-impl<S> Layer<S> for AuthnLayer {
-    type Service = Authn<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Authn { inner }
+/// Checks the route's mTLS rule for `req` and sets `X-Portcullis-Client-Cert` for mTLS callers.
+///
+/// # Errors
+/// [`AuthnError`] when the route's rule is not met.
+pub fn authenticate(req: &mut Request<Body>) -> Result<(), GatewayError> {
+    let id = req
+        .extensions()
+        .get::<Arc<ConnInfo>>()
+        .and_then(|c| c.identity.as_deref());
+    let rule = req
+        .extensions()
+        .get::<RouteMatch>()
+        .and_then(|m| m.route.mtls.as_deref());
+    let matched = check_mtls(rule, id)?;
+    if let Some(v) = id.and_then(|id| header_value(id, matched)) {
+        req.headers_mut().insert(X_PORTCULLIS_CLIENT_CERT, v);
     }
-}
-
-/// The service made by [`AuthnLayer`].
-#[derive(Debug, Clone)]
-pub struct Authn<S> {
-    inner: S,
-}
-
-impl<S> Service<Request<Body>> for Authn<S>
-where
-    // The inner future is already boxed: on the success path it is passed through as it is.
-    S: Service<
-            Request<Body>,
-            Response = Response<Body>,
-            Error = GatewayError,
-            Future = BoxFuture<Result<Response<Body>, GatewayError>>,
-        >,
-{
-    type Response = Response<Body>;
-    type Error = GatewayError;
-    type Future = BoxFuture<Result<Response<Body>, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let id = req
-            .extensions()
-            .get::<std::sync::Arc<ConnInfo>>()
-            .and_then(|c| c.identity.clone());
-        let rule = req
-            .extensions()
-            .get::<RouteMatch>()
-            .and_then(|m| m.route.mtls.clone());
-        match check_mtls(rule.as_deref(), id.as_deref()) {
-            Ok(matched) => {
-                if let Some(id) = &id
-                    && let Some(v) = header_value(id, matched)
-                {
-                    req.headers_mut().insert(X_PORTCULLIS_CLIENT_CERT, v);
-                }
-                self.inner.call(req)
-            }
-            Err(e) => Box::pin(async move { Err(GatewayError::Authn(e)) }),
-        }
-    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 //! 3. [`Rescue`] — every error below becomes one problem+json response (stage 12).
 //! 4. [`ConfigLayer`] — one `ArcSwap::load` of the current config per request.
 //! 5. [`HygieneLayer`] — hop-by-hop and identity headers, `X-Forwarded-*` (stage 4).
-//! 6. [`RouterLayer`] — host + method + path → route, or 404/405 (stage 5).
-//! 7. [`AuthnLayer`] — the route's mTLS identity rule; identity header upstream (stage 7).
+//! 6. [`ROUTER_LAYER`] — host + method + path → route, or 404/405 (stage 5).
+//! 7. [`AUTHN_LAYER`] — the route's mTLS identity rule; identity header upstream (stage 7).
 //! 8. [`Forward`] — the upstream call (stage 11).
 //!
 //! Later stages (authentication, authorization, rate limits, body checks) slot in between the
@@ -21,11 +21,11 @@ use tower::ServiceBuilder;
 use tower::util::BoxCloneService;
 
 use crate::Body;
-use crate::authn::AuthnLayer;
+use crate::authn::AUTHN_LAYER;
 use crate::config::reload::ConfigLayer;
 use crate::observe::ObserveLayer;
 use crate::observe::request_id::RequestIdLayer;
-use crate::proxy::{Forward, Rescue, RouterLayer};
+use crate::proxy::{Forward, ROUTER_LAYER, Rescue};
 use crate::sanitize::HygieneLayer;
 
 use super::Shared;
@@ -45,8 +45,8 @@ pub fn build(shared: &Arc<Shared>, access_log: bool) -> Pipeline {
         .layer_fn(Rescue::new)
         .layer(ConfigLayer::new(shared.config.clone()))
         .layer(HygieneLayer)
-        .layer(RouterLayer)
-        .layer(AuthnLayer)
+        .layer(ROUTER_LAYER)
+        .layer(AUTHN_LAYER)
         .service(Forward::new(metrics));
     BoxCloneService::new(svc)
 }
