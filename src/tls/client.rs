@@ -4,8 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 
 /// A cluster's upstream TLS settings (validated).
@@ -35,11 +34,7 @@ pub struct Connector {
 pub fn build(t: &UpstreamTls, h2: bool) -> Result<Connector, String> {
     let mut roots = RootCertStore::empty();
     for path in &t.ca {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("`{}` is not a PEM certificate file: {e}", path.display()))?;
-        for c in certs {
+        for c in super::read_certs(path)? {
             roots
                 .add(c)
                 .map_err(|e| format!("`{}`: not a usable CA certificate: {e}", path.display()))?;
@@ -54,17 +49,8 @@ pub fn build(t: &UpstreamTls, h2: bool) -> Result<Connector, String> {
         .with_root_certificates(roots);
     let mut cfg = match &t.client_cert {
         Some(files) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-                .map_err(|e| format!("cannot read `{}`: {e}", files.cert.display()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| {
-                    format!(
-                        "`{}` is not a PEM certificate file: {e}",
-                        files.cert.display()
-                    )
-                })?;
-            let key = PrivateKeyDer::from_pem_file(&files.key)
-                .map_err(|e| format!("`{}` is not a PEM private key: {e}", files.key.display()))?;
+            let certs = super::read_certs(&files.cert)?;
+            let key = super::read_key(&files.key)?;
             builder
                 .with_client_auth_cert(certs, key)
                 .map_err(|e| format!("client certificate: {e}"))?

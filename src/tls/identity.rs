@@ -2,8 +2,6 @@
 //! connection, parsed once per connection with x509-parser into a [`PeerIdentity`] that every
 //! request on the connection carries as an extension.
 
-use std::fmt::Write as _;
-
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -28,15 +26,6 @@ pub struct PeerIdentity {
     pub fingerprint_raw: [u8; 32],
     /// Not-after, Unix seconds.
     pub not_after: i64,
-}
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// SHA-256 of `der`.
@@ -81,7 +70,7 @@ impl PeerIdentity {
             uris,
             emails,
             serial: cert.raw_serial_as_string().replace(':', ""),
-            fingerprint: hex(&fingerprint_raw),
+            fingerprint: crate::observe::request_id::to_hex(&fingerprint_raw),
             fingerprint_raw,
             not_after: cert.validity().not_after.timestamp(),
         })

@@ -95,6 +95,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// What was loaded, for metrics: (kind, subject, not-after Unix seconds).
 pub type NotAfter = Vec<(&'static str, String, i64)>;
 
+/// Reads a PEM certificate file (one or more certificates).
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?
@@ -104,6 +105,12 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         return Err(format!("`{}` holds no certificate", path.display()));
     }
     Ok(certs)
+}
+
+/// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1).
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("`{}` is not a PEM private key: {e}", path.display()))
 }
 
 fn cert_info(der: &[u8]) -> (String, i64, Vec<String>) {
@@ -137,8 +144,7 @@ pub fn load_certified_key(
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, String> {
     let certs = read_certs(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("`{}` is not a PEM private key: {e}", files.key.display()))?;
+    let key = read_key(&files.key)?;
     let signer = provider
         .key_provider
         .load_private_key(key)
