@@ -128,29 +128,26 @@ pub async fn fixed(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
 
 /// Serves [`fixed`] on `listener` forever (HTTP/1.1 and h2c).
 pub async fn serve_fixed(listener: TcpListener) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(fixed);
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    serve_with(listener, fixed).await;
 }
 
 /// Serves [`handle`] on `listener` forever (HTTP/1.1 and h2c).
 pub async fn serve(listener: TcpListener) {
+    serve_with(listener, handle).await;
+}
+
+async fn serve_with<F, Fut>(listener: TcpListener, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(handle);
+            let svc = hyper::service::service_fn(handler);
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;

@@ -1,6 +1,6 @@
 //! The command line: `validate` reports every mistake; `run` drains on SIGTERM and exits 0.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::support::*;
@@ -133,19 +133,7 @@ async fn sigterm_lets_the_slow_request_finish_refuses_new_connections_and_exits_
         "routes/r.yaml",
         "routes:\n  - name: slow\n    methods: [GET]\n    path: /slow\n    cluster: slow\n",
     );
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually(
-        "the gateway to become ready",
-        Duration::from_secs(20),
-        || ready(admin),
-    )
-    .await;
+    let mut child = run_binary(&cfg, admin, false).await;
 
     let slow = tokio::spawn(get_owned(format!("http://{port}/slow?ms=2000")));
     eventually(
@@ -199,19 +187,7 @@ async fn logs_are_json_lines_and_each_line_of_a_request_carries_its_id() {
         "routes/r.yaml",
         "routes:\n  - name: live\n    methods: [GET]\n    path: /live\n    cluster: live\n  - name: dead\n    methods: [GET]\n    path: /dead\n    cluster: dead\n",
     );
-    let child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    eventually(
-        "the gateway to become ready",
-        Duration::from_secs(20),
-        || ready(admin),
-    )
-    .await;
+    let child = run_binary(&cfg, admin, true).await;
     let r = get(
         &format!("http://{port}/dead"),
         &[("x-request-id", "log-test-dead")],

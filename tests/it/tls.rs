@@ -696,20 +696,8 @@ async fn sighup_reloads_certificates_when_file_polling_is_off() {
     );
     let cfg = pki.dir.write("gateway.yaml", &yaml);
     pki.dir.write("routes/routes.yaml", ROUTES);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = run_binary(&cfg, admin, false).await;
     let client = || client_config(&pki.ca.cert_pem, Some(&pki.client), &[b"http/1.1"]);
-    eventually(
-        "the gateway to become ready",
-        Duration::from_secs(20),
-        || ready(admin),
-    )
-    .await;
     let first = connect(port, client()).await.unwrap().server_cert;
     let next = pki
         .ca

@@ -380,3 +380,23 @@ pub async fn ready(admin: SocketAddr) -> bool {
         .await
         .is_ok_and(|r| r.status() == 200)
 }
+
+/// Starts the real `portcullis run --config cfg` binary (stderr captured when `logs`) and waits
+/// until its admin listener at `admin` reports ready.
+pub async fn run_binary(cfg: &Path, admin: SocketAddr, logs: bool) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(if logs { Stdio::piped() } else { Stdio::null() })
+        .spawn()
+        .unwrap();
+    eventually(
+        "the gateway to become ready",
+        Duration::from_secs(20),
+        || ready(admin),
+    )
+    .await;
+    child
+}
