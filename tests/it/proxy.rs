@@ -1,8 +1,11 @@
 //! Proxying: the right cluster, bodies intact, streaming, HTTP/2, header hygiene.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bytes::Bytes;
 use http::Request;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
 
 use crate::support::*;
@@ -195,4 +198,67 @@ async fn forwarded_headers_from_a_trusted_proxy_are_extended() {
     let v = r.json();
     assert_eq!(v["headers"]["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+}
+
+/// A backend that counts its TCP connections and closes a keep-alive connection that stays
+/// idle for 300 ms, as upstream servers do.
+async fn closing_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        Bytes::from_static(b"ok"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_millis(300))
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_replaced_when_the_upstream_closed_them() {
+    let (addr, accepted) = closing_backend().await;
+    let clusters = format!("  accounts:\n    endpoints: [\"{addr}\"]\n");
+    let routes = "routes:\n  - name: any\n    methods: [GET, POST]\n    path: /v1/{x}\n    cluster: accounts\n";
+    let gw = Gateway::start(&gateway_yaml(&clusters, "workers: 1"), routes).await;
+    let client = client::<Full<Bytes>>();
+    let call = |method: &'static str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(gw.url("/v1/a"))
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        client.request(req)
+    };
+    for _ in 0..20 {
+        let res = call("GET").await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.into_body().collect().await.unwrap();
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one pooled connection");
+
+    // The backend closes the idle connection; the next requests (a POST too, which is never
+    // retried once written) find it closed before writing and go out on a new connection.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    for method in ["POST", "GET", "POST"] {
+        let res = call(method).await.unwrap();
+        assert_eq!(res.status(), 200, "{method} after the upstream closed");
+        res.into_body().collect().await.unwrap();
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
