@@ -206,11 +206,15 @@ impl Router {
         let path = path.strip_prefix('/').ok_or(RouteError::NotFound)?;
         let mut first_path_match: Option<&Endpoint> = None;
         let mut values: Vec<&str> = Vec::new();
-        if let Some(h) = host.map(strip_port)
-            && let Some(node) = self.hosts.get(h).or_else(|| {
-                let lower = h.to_ascii_lowercase();
-                self.hosts.get(lower.as_str())
-            })
+        // Most configs have no host-specific routes: no hashing then. Hosts are stored in
+        // lower case; only a host with upper-case letters pays for a lowered copy.
+        if !self.hosts.is_empty()
+            && let Some(h) = host.map(strip_port)
+            && let Some(node) = if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.hosts.get(h.to_ascii_lowercase().as_str())
+            } else {
+                self.hosts.get(h)
+            }
             && let Some(found) = search(node, path, method, &mut values, &mut first_path_match)
         {
             return Ok(found);
