@@ -8,6 +8,10 @@
 #   (c) Portcullis proxying to it,
 #   (d) nginx terminating mTLS (client certificate required) in front of it,
 #   (e) Portcullis terminating mTLS in front of it (skip (d)+(e) with SKIP_MTLS=1),
+#   (f) HAProxy terminating mTLS and checking an RS256 bearer JWT (jwt_verify + iss/aud/exp)
+#       in front of it,
+#   (g) Portcullis terminating mTLS with a route `auth: jwt`, once with an RS256 and once
+#       with an ES256 token (skip (f)+(g) with SKIP_JWT=1),
 # and prints Markdown tables (also written to bench/results/latest.md).
 #
 # All traffic stays on 127.0.0.1. See bench/README.md for the knobs.
@@ -24,9 +28,10 @@ WARMUP="${WARMUP:-2s}"
 CONNECTIONS="${CONNECTIONS:-64}"
 ROUNDS="${ROUNDS:-3}"
 # PIN=1: the load generator and the backend run on LOAD_CPUS, the proxy under test alone on
-# PROXY_CPUS with one worker (nginx worker_processes 1, Portcullis workers: 1). Rounds are far
-# steadier, but on a 2-core box the load generator's core saturates too (both cores ~95 % busy),
-# which pulls the ratio toward 1: read it with the proxy core's utilisation in mind.
+# PROXY_CPUS with one worker (nginx worker_processes 1, Portcullis workers: 1, HAProxy
+# nbthread 1). Rounds are far steadier, but on a 2-core box the load generator's core saturates
+# too (both cores ~95 % busy), which pulls the ratio toward 1: read it with the proxy core's
+# utilisation in mind.
 # PIN=0 (default): everything shares every CPU, as the issue's "same box" comparison asks.
 PIN="${PIN:-0}"
 LOAD_CPUS="${LOAD_CPUS:-0}"
@@ -57,6 +62,12 @@ TLS_CONNECTIONS="${TLS_CONNECTIONS:-32}"
 NGINX_TLS_PORT="${NGINX_TLS_PORT:-18443}"
 PORTCULLIS_TLS_PORT="${PORTCULLIS_TLS_PORT:-18444}"
 TLS_NAME=localhost                     # the dev server cert covers localhost, 127.0.0.1, ::1
+SKIP_JWT="${SKIP_JWT:-0}"              # 1: no JWT rows (no HAProxy, no second Portcullis)
+HAPROXY_PORT="${HAPROXY_PORT:-18445}"
+PORTCULLIS_JWT_PORT="${PORTCULLIS_JWT_PORT:-18446}"
+JWT_ADMIN_PORT="${JWT_ADMIN_PORT:-19902}"
+JWT_ISS=https://idp.bench.test         # `iss` of the bench tokens, checked by both proxies
+JWT_AUD=bench-api                      # `aud` of the bench tokens, checked by both proxies
 
 MAX_SECONDS=300                        # hard cap on DURATION / WARMUP
 
@@ -236,6 +247,172 @@ check_mtls() {
     log "$name: mTLS sanity check ok (${MTLS_CHECK[$name]}; ${TLS_SESSION[$name]:-session unknown})"
 }
 
+# a b -> a/b with 2 decimals
+ratio() {
+    python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print("%.2f" % (a / b) if b > 0 else "n/a")' "$1" "$2"
+}
+
+# ------------------------------------------------------------ JWT helpers ----
+# mint KEY KID ALG ISS AUD [dev-token args...]: print a compact JWT from `portcullis dev-token`
+# (1 h lifetime, sub "bench"); non-zero (message in $JWT_DIR/dev-token.err) on failure.
+mint() {
+    local key="$1" kid="$2" alg="$3" iss="$4" aud="$5" tok
+    shift 5
+    tok="$("$BIN" dev-token --key "$key" --kid "$kid" --alg "$alg" --iss "$iss" --aud "$aud" \
+        --sub bench --ttl 1h "$@" 2>"$JWT_DIR/dev-token.err")" || return 1
+    tok="$(tr -d '[:space:]' <<<"$tok")"
+    [[ "$tok" =~ ^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$ ]] \
+        || { echo "dev-token printed something that is not a compact JWT" >"$JWT_DIR/dev-token.err"; return 1; }
+    printf '%s' "$tok"
+}
+
+# mint_or_die VAR KEY KID ALG [ISS AUD [dev-token args...]]
+mint_or_die() {
+    local var="$1" key="$2" kid="$3" alg="$4" iss="${5:-$JWT_ISS}" aud="${6:-$JWT_AUD}" tok
+    tok="$(mint "$key" "$kid" "$alg" "$iss" "$aud" "${@:7}")" \
+        || { cat "$JWT_DIR/dev-token.err" >&2; die "'$BIN dev-token --key $key --kid $kid --alg $alg ...' failed"; }
+    printf -v "$var" '%s' "$tok"
+}
+
+# The claim NAME of a compact JWT's payload (empty if absent).
+jwt_claim() { # token name
+    python3 -c '
+import base64, json, sys
+p = sys.argv[1].split(".")[1]
+v = json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))).get(sys.argv[2])
+print("" if v is None else v)' "$1" "$2" 2>/dev/null || true
+}
+
+# The tokens of the sanity checks (the measured rows mint fresh ones every round).
+mint_check_tokens() {
+    local now exp
+    mint_or_die TOK_RS "$JWT_DIR/bench-rs256.pem" bench-rs256 RS256
+    mint_or_die TOK_ES "$ES_KEY" bench-es256 ES256
+    mint_or_die TOK_RS_BADSIG "$JWT_DIR/other-rs256.pem" bench-rs256 RS256
+    mint_or_die TOK_ES_BADSIG "$JWT_DIR/other-es256.pem" bench-es256 ES256
+    mint_or_die TOK_WRONG_AUD "$JWT_DIR/bench-rs256.pem" bench-rs256 RS256 "$JWT_ISS" other-api
+    mint_or_die TOK_WRONG_ISS "$JWT_DIR/bench-rs256.pem" bench-rs256 RS256 https://other-idp.bench.test "$JWT_AUD"
+    # Expired 10 minutes ago (beyond any leeway), if dev-token lets --claim override exp.
+    now="$(date +%s)"
+    TOK_EXPIRED=""
+    if TOK_EXPIRED="$(mint "$JWT_DIR/bench-rs256.pem" bench-rs256 RS256 "$JWT_ISS" "$JWT_AUD" \
+        --claim "iat=$((now - 1200))" --claim "nbf=$((now - 1200))" --claim "exp=$((now - 600))")"; then
+        exp="$(jwt_claim "$TOK_EXPIRED" exp)"
+        if ! [[ "$exp" =~ ^[0-9]+$ ]] || ((exp >= now)); then TOK_EXPIRED=""; fi
+    else
+        TOK_EXPIRED=""
+    fi
+    [[ -n "$TOK_EXPIRED" ]] || log "dev-token --claim exp=... did not give an expired token; the expired-token check is skipped"
+}
+
+# jwt_probe NAME TAG PORT TOKEN [curl args...]: GET https://localhost:PORT$BENCH_PATH (HTTP/1.1,
+# dev CA trusted) with `Authorization: Bearer TOKEN` unless TOKEN is empty. Prints the status
+# ('000' = no HTTP response); body, headers and curl -v output go to $TMP/probe-NAME-TAG.*.
+jwt_probe() {
+    local name="$1" tag="$2" port="$3" token="$4" base="$TMP/probe-$1-$2" auth=()
+    shift 4
+    if [[ -n "$token" ]]; then auth=(-H "Authorization: Bearer $token"); fi
+    lcurl -v --http1.1 -o "$base.body" -D "$base.headers" -w '%{http_code}' \
+        --resolve "$TLS_NAME:$port:$HOST" --cacert "$CERTS/ca.pem" "$@" "${auth[@]+"${auth[@]}"}" \
+        "https://$TLS_NAME:$port$BENCH_PATH" 2>"$base.curl" || true
+}
+
+# `reason` of a Portcullis problem+json body ('?' if there is none).
+problem_reason() { # file
+    python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("reason") or "?")' "$1" 2>/dev/null || echo '?'
+}
+
+# check_jwt NAME PORT PID LOGFILE KIND(haproxy|portcullis): wait until a good RS256 token with
+# the dev client certificate answers 200, then insist on a refusal without a client
+# certificate and for every bad token. A 2xx/3xx/5xx to a bad token stops the script; a 4xx
+# other than 401 (or, for Portcullis, another `reason` than the spec's) is recorded in
+# JWT_DEVIATION[NAME] and printed. Fills JWT_CHECK[NAME] and TLS_SESSION[NAME].
+declare -A JWT_CHECK JWT_DEVIATION
+check_jwt() {
+    local name="$1" port="$2" pid="$3" logfile="$4" kind="$5" code deadline
+    local client=(--cert "$CERTS/client.pem" --key "$CERTS/client-key.pem")
+    JWT_CHECK[$name]=""
+    JWT_DEVIATION[$name]=""
+    deadline=$((SECONDS + READY_TIMEOUT))
+    while :; do
+        alive "$pid" || { tail -n 30 "$logfile" >&2 || true; die "$name exited (log: $logfile)"; }
+        code="$(jwt_probe "$name" ok-rs256 "$port" "$TOK_RS" "${client[@]}")"
+        [[ "$code" == 200 ]] && break
+        if ((SECONDS >= deadline)); then
+            cat "$TMP/probe-$name-ok-rs256.curl" >&2 || true
+            tail -n 30 "$logfile" >&2 || true
+            die "$name: GET https://$TLS_NAME:$port$BENCH_PATH with the dev client certificate and a good RS256 token answered '$code', expected 200 (curl -v output above, body: $TMP/probe-$name-ok-rs256.body)"
+        fi
+        sleep 0.2
+    done
+    TLS_SESSION[$name]="$(sed -n 's/^\* SSL connection using //p' "$TMP/probe-$name-ok-rs256.curl" | head -n1)"
+
+    code="$(jwt_probe "$name" nocert "$port" "$TOK_RS")"
+    [[ "$code" == 000 || "$code" =~ ^4[0-9][0-9]$ ]] \
+        || die "$name: a request with a good token but WITHOUT a client certificate answered '$code' (expected a TLS handshake failure or 4xx); mTLS is not enforced, refusing to benchmark (curl -v: $TMP/probe-$name-nocert.curl)"
+    JWT_CHECK[$name]="no client cert (good token): $(describe_refusal "$code")"
+
+    # refused TAG DESCRIPTION TOKEN REASON: must be a 4xx; 401 (and REASON) expected.
+    refused() {
+        local tag="$1" desc="$2" token="$3" want="$4" got reason
+        code="$(jwt_probe "$name" "$tag" "$port" "$token" "${client[@]}")"
+        [[ "$code" =~ ^4[0-9][0-9]$ ]] \
+            || die "$name: $desc answered '$code' (expected 401); the JWT check is not enforced, refusing to benchmark (curl -v: $TMP/probe-$name-$tag.curl)"
+        got="HTTP $code"
+        if [[ "$kind" == portcullis ]]; then
+            reason="$(problem_reason "$TMP/probe-$name-$tag.body")"
+            got+=" \`$reason\`"
+            if [[ "$code" != 401 || "$reason" != "$want" ]]; then
+                JWT_DEVIATION[$name]+="; $desc: got $got, spec says 401 \`$want\`"
+            fi
+        elif [[ "$code" != 401 ]]; then
+            JWT_DEVIATION[$name]+="; $desc: got $got, configured 401"
+        fi
+        JWT_CHECK[$name]+="; $desc: $got"
+    }
+    refused missing "no token" "" missing
+    if [[ "$kind" == portcullis ]]; then
+        # Spec: no `error=` in WWW-Authenticate when no token was sent; problem+json body.
+        local hdrs="$TMP/probe-$name-missing.headers"
+        if ! grep -qi '^www-authenticate: *Bearer realm="portcullis"' "$hdrs" || grep -qi '^www-authenticate:.*error=' "$hdrs"; then
+            JWT_DEVIATION[$name]+="; no token: WWW-Authenticate is not 'Bearer realm=\"portcullis\"' without error= (headers: $hdrs)"
+        fi
+        if ! grep -qi '^content-type: *application/problem+json' "$hdrs"; then
+            JWT_DEVIATION[$name]+="; no token: Content-Type is not application/problem+json"
+        fi
+    fi
+    refused badsig-rs256 "RS256 token signed by another key (same kid)" "$TOK_RS_BADSIG" bad_signature
+    refused wrong-aud "wrong aud" "$TOK_WRONG_AUD" wrong_audience
+    refused wrong-iss "wrong iss" "$TOK_WRONG_ISS" unknown_issuer
+    if [[ -n "$TOK_EXPIRED" ]]; then refused expired "expired 10 min ago" "$TOK_EXPIRED" expired; fi
+    if [[ "$kind" == portcullis ]]; then
+        refused badsig-es256 "ES256 token signed by another key (same kid)" "$TOK_ES_BADSIG" bad_signature
+        code="$(jwt_probe "$name" ok-es256 "$port" "$TOK_ES" "${client[@]}")"
+        [[ "$code" == 200 ]] \
+            || die "$name: a good ES256 token answered '$code', expected 200 (body: $TMP/probe-$name-ok-es256.body)"
+        JWT_CHECK[$name]+="; good RS256 token: 200; good ES256 token: 200"
+    else
+        # HAProxy is configured for RS256 only.
+        refused es256 "ES256 token (alg not RS256)" "$TOK_ES" -
+        JWT_CHECK[$name]+="; good RS256 token: 200"
+    fi
+    JWT_DEVIATION[$name]="${JWT_DEVIATION[$name]#; }"
+    log "$name: JWT sanity check ok (${JWT_CHECK[$name]}; ${TLS_SESSION[$name]:-session unknown})"
+    if [[ -n "${JWT_DEVIATION[$name]}" ]]; then log "WARNING: $name: ${JWT_DEVIATION[$name]}"; fi
+}
+
+# Portcullis's verified-token cache counters (admin /metrics): prints "HITS MISSES" or "? ?".
+jwt_cache_counts() {
+    lcurl "http://$HOST:$JWT_ADMIN_PORT/metrics" 2>/dev/null | python3 -c '
+import re, sys
+c = {}
+for line in sys.stdin:
+    m = re.match(r"portcullis_jwt_cache_total\{[^}]*result=\"(hit|miss)\"[^}]*\}\s+([0-9.eE+]+)", line)
+    if m:
+        c[m.group(1)] = int(float(m.group(2)))
+print(c.get("hit", "?"), c.get("miss", "?"))' 2>/dev/null || echo '? ?'
+}
+
 # ------------------------------------------------------------ validation ----
 [[ "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || die "ROUNDS must be 1..99"
 DURATION_S="$(to_seconds "$DURATION" DURATION)"
@@ -247,16 +424,28 @@ check_port_var NGINX_PORT "$NGINX_PORT"
 check_port_var PORTCULLIS_PORT "$PORTCULLIS_PORT"
 check_port_var ADMIN_PORT "$ADMIN_PORT"
 [[ "$SKIP_MTLS" == 0 || "$SKIP_MTLS" == 1 ]] || die "SKIP_MTLS must be 0 or 1 (got $SKIP_MTLS)"
+[[ "$SKIP_JWT" == 0 || "$SKIP_JWT" == 1 ]] || die "SKIP_JWT must be 0 or 1 (got $SKIP_JWT)"
+# The mTLS and the JWT rows both need the dev certificates and a TLS-capable oha.
+NEED_TLS=0
+if [[ "$SKIP_MTLS" != 1 || "$SKIP_JWT" != 1 ]]; then NEED_TLS=1; fi
 ALL_PORTS=("$BACKEND_PORT" "$NGINX_PORT" "$PORTCULLIS_PORT" "$ADMIN_PORT")
-if [[ "$SKIP_MTLS" != 1 ]]; then
+if ((NEED_TLS)); then
     [[ "$TLS_CONNECTIONS" =~ ^[0-9]+$ ]] && ((TLS_CONNECTIONS >= 1 && TLS_CONNECTIONS <= 4096)) \
         || die "TLS_CONNECTIONS must be in 1..4096 (got $TLS_CONNECTIONS)"
+fi
+if [[ "$SKIP_MTLS" != 1 ]]; then
     check_port_var NGINX_TLS_PORT "$NGINX_TLS_PORT"
     check_port_var PORTCULLIS_TLS_PORT "$PORTCULLIS_TLS_PORT"
     ALL_PORTS+=("$NGINX_TLS_PORT" "$PORTCULLIS_TLS_PORT")
 fi
+if [[ "$SKIP_JWT" != 1 ]]; then
+    check_port_var HAPROXY_PORT "$HAPROXY_PORT"
+    check_port_var PORTCULLIS_JWT_PORT "$PORTCULLIS_JWT_PORT"
+    check_port_var JWT_ADMIN_PORT "$JWT_ADMIN_PORT"
+    ALL_PORTS+=("$HAPROXY_PORT" "$PORTCULLIS_JWT_PORT" "$JWT_ADMIN_PORT")
+fi
 [[ "$(printf '%s\n' "${ALL_PORTS[@]}" | sort -u | wc -l)" == "${#ALL_PORTS[@]}" ]] \
-    || die "BACKEND_PORT, NGINX_PORT, PORTCULLIS_PORT, ADMIN_PORT (and NGINX_TLS_PORT, PORTCULLIS_TLS_PORT unless SKIP_MTLS=1) must all differ"
+    || die "BACKEND_PORT, NGINX_PORT, PORTCULLIS_PORT, ADMIN_PORT (and NGINX_TLS_PORT, PORTCULLIS_TLS_PORT unless SKIP_MTLS=1; HAPROXY_PORT, PORTCULLIS_JWT_PORT, JWT_ADMIN_PORT unless SKIP_JWT=1) must all differ"
 [[ "$BENCH_PATH" =~ ^/[A-Za-z0-9._~/%-]*$ ]] || die "BENCH_PATH must be a plain absolute path (got $BENCH_PATH)"
 for p in "${ALL_PORTS[@]}"; do
     if port_in_use "$p"; then die "port $HOST:$p is already in use; pick another via env"; fi
@@ -266,6 +455,9 @@ command -v python3 >/dev/null || die "python3 is required (to parse oha's JSON)"
 command -v curl >/dev/null || die "curl is required"
 command -v setsid >/dev/null || die "setsid (util-linux) is required"
 command -v timeout >/dev/null || die "timeout (coreutils) is required"
+if [[ "$SKIP_JWT" != 1 ]]; then
+    command -v openssl >/dev/null || die "openssl is required for the JWT rows (RSA key); install it or set SKIP_JWT=1"
+fi
 
 # ------------------------------------------------------------- installs ----
 CARGO_BIN_DIR="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin"
@@ -293,6 +485,30 @@ if ! command -v nginx >/dev/null; then
     fi
 fi
 
+HAPROXY_VERSION=""
+if [[ "$SKIP_JWT" != 1 ]]; then
+    if ! command -v haproxy >/dev/null; then
+        if [[ "$(id -u)" == 0 ]]; then
+            log "installing haproxy via apt-get"
+            export DEBIAN_FRONTEND=noninteractive
+            if ! apt-get install -y haproxy; then
+                log "apt-get install failed; running apt-get update and retrying"
+                apt-get update
+                apt-get install -y haproxy
+            fi
+            command -v haproxy >/dev/null || die "haproxy still missing after apt-get install haproxy"
+        else
+            die "haproxy is not installed and this is not root. Install it with: sudo apt-get install -y haproxy (or set SKIP_JWT=1)"
+        fi
+    fi
+    # "HAProxy version 2.6.12-1+deb12u3 2025/10/03 - https://haproxy.org/"
+    HAPROXY_VERSION="$(haproxy -v 2>&1 | head -n1 | sed -n 's/^HA-\{0,1\}Proxy version \([^ ]*\).*/\1/p')"
+    [[ "$HAPROXY_VERSION" =~ ^([0-9]+)\.([0-9]+) ]] || die "could not read the HAProxy version from 'haproxy -v'"
+    # jwt_verify / jwt_*_query / http_auth_bearer exist since 2.5.
+    ((BASH_REMATCH[1] > 2 || (BASH_REMATCH[1] == 2 && BASH_REMATCH[2] >= 5))) \
+        || die "HAProxy $HAPROXY_VERSION has no jwt_verify (needs 2.5 or later); set SKIP_JWT=1"
+fi
+
 OHA_VERSION="$(oha --version 2>/dev/null | head -n1)"
 NGINX_VERSION="$(nginx -v 2>&1 | head -n1 | sed 's/^nginx version: //')"
 
@@ -306,11 +522,15 @@ else
     die "installed oha ($OHA_VERSION) has neither --output-format nor --json"
 fi
 grep -q -- '--no-tui' <<<"$OHA_HELP" || die "installed oha ($OHA_VERSION) lacks --no-tui"
-if [[ "$SKIP_MTLS" != 1 ]]; then
+if ((NEED_TLS)); then
     for f in --cacert --cert --key --connect-to; do
         grep -q -- "$f" <<<"$OHA_HELP" \
-            || die "installed oha ($OHA_VERSION) lacks $f (needed for the mTLS rows); upgrade oha or set SKIP_MTLS=1"
+            || die "installed oha ($OHA_VERSION) lacks $f (needed for the mTLS and JWT rows); upgrade oha or set SKIP_MTLS=1 SKIP_JWT=1"
     done
+fi
+if [[ "$SKIP_JWT" != 1 ]]; then
+    grep -qE -- '(^|[ ,])-H[ ,]' <<<"$OHA_HELP" \
+        || die "installed oha ($OHA_VERSION) lacks -H (needed for the JWT rows); upgrade oha or set SKIP_JWT=1"
 fi
 OHA_EXTRA=()
 # Let in-flight requests finish at the deadline instead of counting them as errors.
@@ -320,8 +540,9 @@ fi
 
 # --------------------------------------------------------- portcullis bin ----
 NEED_BIN=1
-# The mTLS rows need the binary for `dev-certs` even when Portcullis itself is skipped.
-if [[ "$SKIP_PORTCULLIS" == 1 && -n "$BACKEND_CMD" && "$SKIP_MTLS" == 1 ]]; then NEED_BIN=0; fi
+# The mTLS and JWT rows need the binary for `dev-certs` (and `dev-jwks`, `dev-token`) even
+# when Portcullis itself is skipped.
+if [[ "$SKIP_PORTCULLIS" == 1 && -n "$BACKEND_CMD" && "$NEED_TLS" == 0 ]]; then NEED_BIN=0; fi
 BIN=""
 if ((NEED_BIN)); then
     if [[ -n "$PORTCULLIS_BIN" ]]; then
@@ -347,10 +568,17 @@ if ((NEED_BIN)); then
         grep -q -- '--config' <<<"$help" \
             || die "$BIN does not support 'run --config FILE'; set SKIP_PORTCULLIS=1 to measure only backend and nginx"
     fi
-    if [[ "$SKIP_MTLS" != 1 ]]; then
+    if ((NEED_TLS)); then
         help="$("$BIN" dev-certs --help 2>&1 || true)"
         grep -q 'Usage:.*dev-certs' <<<"$help" \
-            || die "$BIN does not support 'dev-certs DIR' (needed for the mTLS rows); set SKIP_MTLS=1"
+            || die "$BIN does not support 'dev-certs DIR' (needed for the mTLS and JWT rows); set SKIP_MTLS=1 SKIP_JWT=1"
+    fi
+    if [[ "$SKIP_JWT" != 1 ]]; then
+        for sub in dev-jwks dev-token; do
+            help="$("$BIN" "$sub" --help 2>&1 || true)"
+            grep -q "Usage:.*$sub" <<<"$help" \
+                || die "$BIN does not support '$sub' (needed for the JWT rows); set SKIP_JWT=1"
+        done
     fi
 fi
 
@@ -363,14 +591,17 @@ mkdir -p "$TMP/routes" "$TMP/nginx"
 CERTS="$TMP/certs"
 MTLS_LISTENER=""
 NGINX_TLS_SERVER=""
-if [[ "$SKIP_MTLS" != 1 ]]; then
+if ((NEED_TLS)); then
     # Dev CA + server cert (localhost, 127.0.0.1, ::1) + client cert signed by that CA,
-    # plus a "rogue" client cert from another CA (used for a negative sanity check).
+    # plus a "rogue" client cert from another CA (used for a negative sanity check), plus
+    # (since issue 4) jwt-es256-key.pem, the P-256 key the ES256 bench tokens are signed with.
     "$BIN" dev-certs "$CERTS" >"$TMP/dev-certs.log" 2>&1 \
         || { cat "$TMP/dev-certs.log" >&2; die "'$BIN dev-certs $CERTS' failed"; }
     for f in ca.pem server.pem server-key.pem client.pem client-key.pem rogue-client.pem rogue-client-key.pem; do
         [[ -s "$CERTS/$f" ]] || die "dev-certs did not write $CERTS/$f"
     done
+fi
+if [[ "$SKIP_MTLS" != 1 ]]; then
     # Paths are relative to the gateway file (which sits in $TMP).
     MTLS_LISTENER="
   - name: mtls
@@ -414,12 +645,15 @@ log:
 $PC_WORKERS
 EOF
 
+# `auth: public`: the plain and mTLS rows measure proxying, not authentication (the mTLS
+# listener still refuses any connection without a client certificate from the dev CA).
 cat >"$TMP/routes/routes.yaml" <<'EOF'
 routes:
   - name: get-account
     methods: [GET]
     path: /v1/accounts/{account_id}
     cluster: accounts
+    auth: public
 EOF
 
 cat >"$TMP/nginx/nginx.conf" <<EOF
@@ -464,18 +698,141 @@ http {
 }
 EOF
 
+# ------------------------------------------------------------ JWT setup ----
+# Keys, JWKS and the configs of the JWT rows, written (and checked by haproxy -c / portcullis
+# validate) before anything is measured so a problem surfaces in seconds, not minutes.
+JWT_DIR="$TMP/jwt"
+HAPROXY_DIR="$TMP/haproxy"
+if [[ "$SKIP_JWT" != 1 ]]; then
+    mkdir -p "$JWT_DIR" "$HAPROXY_DIR" "$TMP/routes-jwt"
+    # RS256: a 2048-bit RSA key (PKCS#8) and its public key PEM for HAProxy's jwt_verify.
+    # other-*.pem: keys the JWKS does not hold, for "bad signature" tokens that carry the
+    # right kid and algorithm (a well-formed signature by the wrong key).
+    for k in bench-rs256 other-rs256; do
+        openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$JWT_DIR/$k.pem" 2>>"$JWT_DIR/openssl.log" \
+            || { cat "$JWT_DIR/openssl.log" >&2; die "openssl genpkey (RSA 2048) failed"; }
+    done
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$JWT_DIR/other-es256.pem" 2>>"$JWT_DIR/openssl.log" \
+        || { cat "$JWT_DIR/openssl.log" >&2; die "openssl genpkey (EC P-256) failed"; }
+    openssl pkey -in "$JWT_DIR/bench-rs256.pem" -pubout -out "$JWT_DIR/bench-rs256.pub.pem" 2>>"$JWT_DIR/openssl.log" \
+        || { cat "$JWT_DIR/openssl.log" >&2; die "openssl pkey -pubout failed"; }
+    # ES256: the P-256 key `portcullis dev-certs` writes.
+    ES_KEY="$CERTS/jwt-es256-key.pem"
+    [[ -s "$ES_KEY" ]] || die "dev-certs did not write $ES_KEY (needed for the ES256 row); set SKIP_JWT=1 for an older binary"
+    "$BIN" dev-jwks "$JWT_DIR/bench-rs256.pem:bench-rs256" "$ES_KEY:bench-es256" >"$JWT_DIR/jwks.json" 2>"$JWT_DIR/dev-jwks.err" \
+        || { cat "$JWT_DIR/dev-jwks.err" >&2; die "'$BIN dev-jwks' failed"; }
+    python3 - "$JWT_DIR/jwks.json" <<'PY' || die "dev-jwks printed an unexpected JWKS ($JWT_DIR/jwks.json)"
+import json, sys
+keys = {k.get("kid"): k for k in json.load(open(sys.argv[1]))["keys"]}
+assert keys["bench-rs256"]["kty"] == "RSA", "bench-rs256 is not an RSA key"
+assert keys["bench-es256"]["kty"] == "EC", "bench-es256 is not an EC key"
+assert not any("d" in k for k in keys.values()), "the JWKS holds private key material"
+PY
+
+    # HAProxy: TLS with a required client certificate from the dev CA (same files as the nginx
+    # mTLS block), then the bearer token: present, alg RS256, signature (jwt_verify against the
+    # public key), iss, aud (a string claim) and exp against the current time. Every refusal is
+    # a 401, like Portcullis. Keep-alive to the backend with an idle connection pool shared by
+    # all client connections (http-reuse always), as nginx's upstream keepalive.
+    cat "$CERTS/server.pem" "$CERTS/server-key.pem" >"$HAPROXY_DIR/server.pem"
+    if [[ "$PIN" == 1 ]]; then HAPROXY_THREADS="nbthread 1"; else HAPROXY_THREADS=""; fi
+    cat >"$HAPROXY_DIR/haproxy.cfg" <<EOF
+# Generated by bench/run.sh: mTLS termination + RS256 JWT check in front of the backend.
+global
+    maxconn 8192
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+    $HAPROXY_THREADS
+
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 75s
+    timeout server 30s
+    timeout http-keep-alive 75s
+
+frontend jwt_mtls
+    bind $HOST:$HAPROXY_PORT ssl crt $HAPROXY_DIR/server.pem ca-file $CERTS/ca.pem verify required
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request deny deny_status 401 unless { var(txn.bearer) -m found }
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+    http-request set-var(txn.iss) var(txn.bearer),jwt_payload_query('\$.iss')
+    http-request set-var(txn.aud) var(txn.bearer),jwt_payload_query('\$.aud')
+    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+    http-request set-var(txn.now) date()
+    http-request deny deny_status 401 unless { var(txn.alg) -m str RS256 }
+    http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"$JWT_DIR/bench-rs256.pub.pem") -m int 1 }
+    http-request deny deny_status 401 unless { var(txn.iss) -m str $JWT_ISS }
+    http-request deny deny_status 401 unless { var(txn.aud) -m str $JWT_AUD }
+    http-request deny deny_status 401 unless { var(txn.exp),sub(txn.now) -m int gt 0 }
+    default_backend backend
+
+backend backend
+    http-reuse always
+    server backend $HOST:$BACKEND_PORT
+EOF
+    haproxy -c -f "$HAPROXY_DIR/haproxy.cfg" >"$HAPROXY_DIR/check.log" 2>&1 \
+        || { cat "$HAPROXY_DIR/check.log" >&2; die "haproxy rejected the generated config ($HAPROXY_DIR/haproxy.cfg)"; }
+
+    # Portcullis: its own process (so the plain and mTLS rows are unchanged by this section),
+    # one TLS listener with a required client certificate, one issuer whose keys come from the
+    # JWKS file, the same route with `auth: jwt`.
+    cat >"$TMP/gateway-jwt.yaml" <<EOF
+listeners:
+  - name: mtls-jwt
+    address: $HOST:$PORTCULLIS_JWT_PORT
+    tls:
+      certificates:
+        - cert: certs/server.pem
+          key: certs/server-key.pem
+      client_auth: required
+      client_ca: [certs/ca.pem]
+admin:
+  address: $HOST:$JWT_ADMIN_PORT
+clusters:
+  accounts:
+    endpoints: ["$HOST:$BACKEND_PORT"]
+policies: routes-jwt
+issuers:
+  bench-idp:
+    issuer: $JWT_ISS
+    audiences: [$JWT_AUD]
+    jwks:
+      file: jwt/jwks.json
+    algorithms: [RS256, ES256]
+log:
+  level: warn
+  access: false
+$PC_WORKERS
+EOF
+    cat >"$TMP/routes-jwt/routes.yaml" <<'EOF'
+routes:
+  - name: get-account
+    methods: [GET]
+    path: /v1/accounts/{account_id}
+    cluster: accounts
+    auth: jwt
+EOF
+    if [[ "$SKIP_PORTCULLIS" != 1 ]] && "$BIN" validate --help >/dev/null 2>&1; then
+        (cd "$TMP" && "$BIN" validate --config "$TMP/gateway-jwt.yaml") >"$TMP/validate-jwt.log" 2>&1 \
+            || { cat "$TMP/validate-jwt.log" >&2; die "portcullis rejects the generated gateway-jwt.yaml ($TMP/gateway-jwt.yaml); set SKIP_JWT=1 for a binary without JWT support"; }
+    fi
+fi
+
 # ------------------------------------------------------------------ load ----
 # Run oha once in the background and wait for it, so that a signal to this
 # script interrupts the wait and the EXIT trap stops oha (its own process group,
 # created by timeout) along with the services.
-# OHA_TLS (set by measure) adds the TLS options for the mTLS rows.
+# OHA_TLS (set by measure) adds the TLS options for the mTLS and JWT rows, OHA_HDR the
+# Authorization header of the JWT rows.
 OHA_TLS=()
+OHA_HDR=()
 oha_once() { # seconds connections url out err
     local secs="$1" conns="$2" url="$3" out="$4" err="$5" pid rc=0
     timeout --kill-after=5 $((secs + 30)) \
         "${PIN_LOAD[@]+"${PIN_LOAD[@]}"}" env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy \
         oha --no-tui -z "${secs}s" -c "$conns" "${OHA_JSON[@]}" "${OHA_EXTRA[@]+"${OHA_EXTRA[@]}"}" \
-        "${OHA_TLS[@]+"${OHA_TLS[@]}"}" "$url" \
+        "${OHA_TLS[@]+"${OHA_TLS[@]}"}" "${OHA_HDR[@]+"${OHA_HDR[@]}"}" "$url" \
         >"$out" 2>"$err" </dev/null &
     pid=$!
     PIDS+=("$pid")
@@ -484,14 +841,16 @@ oha_once() { # seconds connections url out err
     return "$rc"
 }
 
-# measure NAME PORT [tls]: warm-up, measured run, parse into RPS/P50/P99/NOTE[NAME].
-# With "tls": https://localhost:PORT with the dev client certificate, TLS_CONNECTIONS
-# connections, and localhost pinned to 127.0.0.1 (--connect-to) so it never depends
-# on how localhost resolves.
+# measure NAME PORT [plain|tls|jwt TOKEN]: warm-up, measured run, parse into
+# RPS/P50/P99/NOTE[NAME]. With "tls": https://localhost:PORT with the dev client certificate,
+# TLS_CONNECTIONS connections, and localhost pinned to 127.0.0.1 (--connect-to) so it never
+# depends on how localhost resolves. "jwt": the same plus `Authorization: Bearer TOKEN`.
 declare -A RPS P50 P99 NOTE
 measure() {
     local name="$1" port="$2" mode="${3:-plain}" url out conns
-    if [[ "$mode" == tls ]]; then
+    OHA_HDR=()
+    if [[ "$mode" == jwt ]]; then OHA_HDR=(-H "Authorization: Bearer $4"); fi
+    if [[ "$mode" == tls || "$mode" == jwt ]]; then
         url="https://$TLS_NAME:$port$BENCH_PATH"
         conns="$TLS_CONNECTIONS"
         OHA_TLS=(--cacert "$CERTS/ca.pem" --cert "$CERTS/client.pem" --key "$CERTS/client-key.pem"
@@ -616,6 +975,58 @@ fi
 stop_service "$NGINX_PID"
 if [[ "$SKIP_PORTCULLIS" != 1 ]]; then stop_service "$PC_PID"; fi
 
+# JWT: HAProxy and a second Portcullis (mTLS + bearer token), same backend, started only now
+# and measured in their own alternating rounds: HAProxy RS256, Portcullis RS256, Portcullis
+# ES256. Every round mints fresh tokens (1 h lifetime), so a long run never outlives them.
+JWT_ROUND_LINES=()
+JWT_CACHE=""
+JWKS_STATE=""
+if [[ "$SKIP_JWT" != 1 ]]; then
+    start_service haproxy "$HAPROXY_DIR/haproxy.log" "${PIN_PROXY[@]+"${PIN_PROXY[@]}"}" haproxy -db -f "$HAPROXY_DIR/haproxy.cfg"
+    HAPROXY_PID=$LAST_PID
+    if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+        # shellcheck disable=SC2016  # $1/$2 are expanded by the inner bash
+        start_service portcullis-jwt "$TMP/portcullis-jwt.log" \
+            "${PIN_PROXY[@]+"${PIN_PROXY[@]}"}" bash -c 'cd "$1" && exec "$2" run --config "$1/gateway-jwt.yaml"' _ "$TMP" "$BIN"
+        PC_JWT_PID=$LAST_PID
+        wait_http portcullis-jwt "$PC_JWT_PID" "http://$HOST:$JWT_ADMIN_PORT/readyz" 200 "$TMP/portcullis-jwt.log"
+        JWKS_STATE="$(lcurl "http://$HOST:$JWT_ADMIN_PORT/readyz" 2>/dev/null | python3 -c '
+import json, sys
+print((json.load(sys.stdin).get("jwks") or {}).get("bench-idp", "not reported"))' 2>/dev/null || echo 'not reported')"
+    fi
+    mint_check_tokens
+    check_jwt haproxy-jwt "$HAPROXY_PORT" "$HAPROXY_PID" "$HAPROXY_DIR/haproxy.log" haproxy
+    if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+        check_jwt portcullis-jwt "$PORTCULLIS_JWT_PORT" "$PC_JWT_PID" "$TMP/portcullis-jwt.log" portcullis
+        read -r cache_hit0 cache_miss0 <<<"$(jwt_cache_counts)"
+    fi
+    for ((r = 1; r <= ROUNDS; r++)); do
+        mint_or_die TOK_RS "$JWT_DIR/bench-rs256.pem" bench-rs256 RS256
+        mint_or_die TOK_ES "$ES_KEY" bench-es256 ES256
+        measure "haproxy-jwt-$r" "$HAPROXY_PORT" jwt "$TOK_RS"
+        line="| $r | ${RPS[haproxy-jwt-$r]}"
+        if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+            measure "portcullis-jwt-rs256-$r" "$PORTCULLIS_JWT_PORT" jwt "$TOK_RS"
+            measure "portcullis-jwt-es256-$r" "$PORTCULLIS_JWT_PORT" jwt "$TOK_ES"
+            line+=" | ${RPS[portcullis-jwt-rs256-$r]} | ${RPS[portcullis-jwt-es256-$r]}"
+            line+=" | $(ratio "${RPS[portcullis-jwt-rs256-$r]}" "${RPS[haproxy-jwt-$r]}") | $(ratio "${RPS[portcullis-jwt-es256-$r]}" "${RPS[haproxy-jwt-$r]}") |"
+        else
+            line+=" | skipped | skipped | | |"
+        fi
+        JWT_ROUND_LINES+=("$line")
+    done
+    if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+        read -r cache_hit1 cache_miss1 <<<"$(jwt_cache_counts)"
+        if [[ "$cache_hit0$cache_miss0$cache_hit1$cache_miss1" =~ ^[0-9]+$ ]]; then
+            JWT_CACHE="$((cache_hit1 - cache_hit0)) hits, $((cache_miss1 - cache_miss0)) misses"
+        else
+            JWT_CACHE="not reported by /metrics (portcullis_jwt_cache_total)"
+        fi
+        stop_service "$PC_JWT_PID"
+    fi
+    stop_service "$HAPROXY_PID"
+fi
+
 # median NAME: the round whose req/s is the median becomes RPS/P50/P99/NOTE[NAME].
 median() {
     local name="$1" best
@@ -629,13 +1040,17 @@ if [[ "$SKIP_MTLS" != 1 ]]; then
     median nginx-mtls
     if [[ "$SKIP_PORTCULLIS" != 1 ]]; then median portcullis-mtls; fi
 fi
+if [[ "$SKIP_JWT" != 1 ]]; then
+    median haproxy-jwt
+    if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+        median portcullis-jwt-rs256
+        median portcullis-jwt-es256
+    fi
+fi
 
 stop_service "$BACKEND_PID"
 
 # ---------------------------------------------------------------- report ----
-ratio() { # a b -> a/b with 2 decimals
-    python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print("%.2f" % (a / b) if b > 0 else "n/a")' "$1" "$2"
-}
 row() { # label name [reference name, default nginx]
     printf '| %s | %.0f | %s | %s | %s |\n' "$1" "${RPS[$2]}" "${P50[$2]}" "${P99[$2]}" "$(ratio "${RPS[$2]}" "${RPS[${3:-nginx}]}")"
 }
@@ -725,6 +1140,57 @@ REPORT="$(
             echo "Portcullis/nginx mTLS req/s ratio (medians): $(ratio "${RPS[portcullis-mtls]}" "${RPS[nginx-mtls]}")"
         else
             echo "Portcullis/nginx mTLS req/s ratio: n/a (SKIP_PORTCULLIS=1)"
+        fi
+    fi
+    echo
+    echo "## JWT (mTLS + bearer token)"
+    echo
+    if [[ "$SKIP_JWT" == 1 ]]; then
+        echo "Skipped (SKIP_JWT=1)."
+    else
+        echo "- load: \`oha --no-tui -z ${DURATION_S}s -c $TLS_CONNECTIONS ${OHA_JSON[*]}${OHA_EXTRA[*]:+ ${OHA_EXTRA[*]}} --cacert ca.pem --cert client.pem --key client-key.pem --connect-to $TLS_NAME:PORT:$HOST:PORT -H \"Authorization: Bearer \$TOKEN\"\`, ${WARMUP_S}s warm-up per target, HTTP/1.1 keep-alive"
+        echo "- request: GET https://$TLS_NAME:PORT$BENCH_PATH, same dev certificates as the mTLS rows"
+        echo "- tokens: \`portcullis dev-token --alg RS256|ES256 --iss $JWT_ISS --aud $JWT_AUD --sub bench --ttl 1h\`; RS256: RSA 2048 (\`openssl genpkey\`), ES256: P-256 (\`jwt-es256-key.pem\` from \`portcullis dev-certs\`); fresh tokens every round, one token repeated on every request of a row"
+        echo "- haproxy: HAProxy $HAPROXY_VERSION, ${HAPROXY_THREADS:-default nbthread (one thread per CPU)}, \`bind ssl ... ca-file ca.pem verify required\`, \`http-request deny deny_status 401\` unless: bearer token present, \`jwt_header_query('\$.alg')\` = RS256, \`jwt_verify(txn.alg, pubkey.pem)\` = 1, \`iss\` = $JWT_ISS, \`aud\` = $JWT_AUD (string), \`exp\` > \`date()\`; \`http-reuse always\` to the backend"
+        if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+            echo "- portcullis: a second process, listener with \`client_auth: required\`, route \`auth: jwt\`, issuer \`bench-idp\` (jwks \`file:\`, algorithms [RS256, ES256], defaults otherwise); JWKS state at start: $JWKS_STATE"
+            echo "- portcullis verified-token cache over the JWT rounds (warm-ups included): $JWT_CACHE. Portcullis checks a token's signature once and serves its repeats from this cache (keyed by the token, claims re-checked); HAProxy runs jwt_verify on every request. \`cargo bench --bench jwt\` gives the per-verification cost of a hit and of a miss"
+        fi
+        for n in haproxy-jwt portcullis-jwt; do
+            if [[ -n "${JWT_CHECK[$n]:-}" ]]; then
+                echo "- sanity check, $n: ${JWT_CHECK[$n]}; curl negotiated ${TLS_SESSION[$n]:-(unknown)}"
+            fi
+            if [[ -n "${JWT_DEVIATION[$n]:-}" ]]; then
+                echo "- **deviation**, $n: ${JWT_DEVIATION[$n]}"
+            fi
+        done
+        echo
+        echo "Median of $ROUNDS alternating rounds:"
+        echo
+        echo "| target | req/s | p50 ms | p99 ms | req/s ratio vs HAProxy |"
+        echo "|---|---:|---:|---:|---:|"
+        row "haproxy mTLS + JWT RS256 → backend" haproxy-jwt haproxy-jwt
+        if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+            row "portcullis mTLS + JWT RS256 → backend" portcullis-jwt-rs256 haproxy-jwt
+            row "portcullis mTLS + JWT ES256 → backend" portcullis-jwt-es256 haproxy-jwt
+        else
+            echo "| portcullis mTLS + JWT RS256 → backend | skipped | | | |"
+            echo "| portcullis mTLS + JWT ES256 → backend | skipped | | | |"
+        fi
+        echo
+        for n in haproxy-jwt portcullis-jwt-rs256 portcullis-jwt-es256; do
+            if [[ -n "${NOTE[$n]:-}" && "${NOTE[$n]}" != "-" ]]; then echo "- warning, $n: ${NOTE[$n]}"; fi
+        done
+        echo "Rounds (req/s):"
+        echo
+        echo "| round | haproxy RS256 | portcullis RS256 | portcullis ES256 | ratio RS256 | ratio ES256 |"
+        echo "|---:|---:|---:|---:|---:|---:|"
+        printf '%s\n' "${JWT_ROUND_LINES[@]}"
+        echo
+        if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
+            echo "Portcullis/HAProxy JWT req/s ratio (medians): RS256 $(ratio "${RPS[portcullis-jwt-rs256]}" "${RPS[haproxy-jwt]}"), ES256 $(ratio "${RPS[portcullis-jwt-es256]}" "${RPS[haproxy-jwt]}")"
+        else
+            echo "Portcullis/HAProxy JWT req/s ratio: n/a (SKIP_PORTCULLIS=1)"
         fi
     fi
 )"

@@ -54,10 +54,15 @@ pub struct Problem {
     pub instance: String,
     /// The request id again, under an explicit name for log correlation.
     pub request_id: String,
+    /// The machine-readable reason of an authentication refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
     #[serde(skip)]
     kind: &'static str,
     #[serde(skip)]
     allow: Option<String>,
+    #[serde(skip)]
+    www_authenticate: Option<String>,
 }
 
 impl Problem {
@@ -75,8 +80,10 @@ impl Problem {
             detail: detail.into(),
             instance: String::new(),
             request_id: String::new(),
+            reason: None,
             kind,
             allow: None,
+            www_authenticate: None,
         }
     }
 
@@ -103,6 +110,13 @@ impl Problem {
             .and_then(|a| HeaderValue::from_str(a).ok())
         {
             headers.insert(header::ALLOW, allow);
+        }
+        if let Some(v) = self
+            .www_authenticate
+            .as_deref()
+            .and_then(|a| HeaderValue::from_str(a).ok())
+        {
+            headers.insert(header::WWW_AUTHENTICATE, v);
         }
         if let Some(id) = request_id {
             headers.insert(crate::observe::request_id::X_REQUEST_ID, id.header_value());
@@ -167,6 +181,48 @@ pub fn problem(err: &GatewayError) -> Problem {
                     "This route admits only callers whose client certificate matches: {requirement}. Connect with such a certificate."
                 ),
             )
+        }
+        GatewayError::Authn(crate::authn::AuthnError::Token(e)) if e.reason == "no_keys" => {
+            let mut p = Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "authn-unavailable",
+                "Tokens cannot be verified right now",
+                "The gateway has no signing keys for the token issuers yet (their JWKS could not be fetched). Retry after a few seconds.",
+            );
+            p.reason = Some(e.reason);
+            p
+        }
+        GatewayError::Authn(crate::authn::AuthnError::Token(e)) => {
+            let mut p = Problem::new(
+                S::UNAUTHORIZED,
+                "unauthorized",
+                "The bearer token was refused",
+                format!(
+                    "{}. Send a valid token as `Authorization: Bearer <token>`.",
+                    e.detail
+                ),
+            );
+            p.reason = Some(e.reason);
+            // RFC 6750 §3.1: no error code when the request carried no credentials at all.
+            p.www_authenticate = Some(if e.reason == "missing" {
+                r#"Bearer realm="portcullis""#.to_owned()
+            } else {
+                let desc: String = e
+                    .detail
+                    .chars()
+                    .map(|c| {
+                        if c == '"' || c == '\\' || !c.is_ascii() {
+                            '\''
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
+                format!(
+                    r#"Bearer realm="portcullis", error="invalid_token", error_description="{desc}""#
+                )
+            });
+            p
         }
         GatewayError::BadRequest(what) => Problem::new(
             S::BAD_REQUEST,

@@ -25,6 +25,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway with a config file.
@@ -45,6 +47,48 @@ enum Command {
     DevCerts {
         /// Output folder (created if missing).
         dir: PathBuf,
+    },
+    /// Print a JWKS (public keys) for PKCS#8 private key files: RSA, P-256 or Ed25519.
+    DevJwks {
+        /// Key files, each optionally followed by `:KID` (default: the file stem).
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Print a signed development token (JWT) for trying routes with `auth: jwt`.
+    DevToken {
+        /// The signing key (PKCS#8 PEM: RSA, P-256 or Ed25519).
+        #[arg(long)]
+        key: PathBuf,
+        /// Key id (default: the key file stem).
+        #[arg(long)]
+        kid: Option<String>,
+        /// Algorithm (default from the key: RS256, ES256 or EdDSA; PS256 for RSA on request).
+        #[arg(long)]
+        alg: Option<String>,
+        /// `iss`.
+        #[arg(long)]
+        iss: String,
+        /// `aud`.
+        #[arg(long)]
+        aud: String,
+        /// `sub`.
+        #[arg(long)]
+        sub: Option<String>,
+        /// `tenant`.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// `scope` (space separated).
+        #[arg(long)]
+        scope: Option<String>,
+        /// Lifetime, like `15m` or `1h`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Bind the token to this client certificate (RFC 8705 `cnf.x5t#S256`).
+        #[arg(long)]
+        cnf_cert: Option<PathBuf>,
+        /// Extra claims, `NAME=JSON` (e.g. `accounts=["acc-100"]`); repeatable.
+        #[arg(long = "claim")]
+        claims: Vec<String>,
     },
     /// Serve the demo backend alone (for benchmarks).
     #[command(hide = true)]
@@ -88,6 +132,44 @@ fn main() -> ExitCode {
             Command::Demo => demo().await,
             Command::DevCerts { dir } => dev_certs(&dir),
             Command::Backend { listen, fixed } => backend(listen, fixed).await,
+            Command::DevJwks { keys } => dev_jwks(&keys),
+            Command::DevToken {
+                key,
+                kid,
+                alg,
+                iss,
+                aud,
+                sub,
+                tenant,
+                scope,
+                ttl,
+                cnf_cert,
+                claims,
+            } => {
+                let args = TokenArgs {
+                    key,
+                    kid,
+                    alg,
+                    iss,
+                    aud,
+                    sub,
+                    tenant,
+                    scope,
+                    ttl,
+                    cnf_cert,
+                    claims,
+                };
+                match dev_token(&args) {
+                    Ok(token) => {
+                        out(&format!("{token}\n"));
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        err(&e);
+                        ExitCode::FAILURE
+                    }
+                }
+            }
         }
     })
 }
@@ -111,6 +193,89 @@ fn validate(path: &Path) -> ExitCode {
     }
 }
 
+fn dev_jwks(keys: &[String]) -> ExitCode {
+    use portcullis::authn::devtools;
+    let list: Vec<(PathBuf, String)> = keys
+        .iter()
+        .map(|k| {
+            // `path:kid`, unless the part after the last `:` is a path (no such split).
+            match k.rsplit_once(':') {
+                Some((p, kid)) if !kid.contains('/') && !p.is_empty() => {
+                    (PathBuf::from(p), kid.to_owned())
+                }
+                _ => {
+                    let p = PathBuf::from(k);
+                    let kid = devtools::default_kid(&p);
+                    (p, kid)
+                }
+            }
+        })
+        .collect();
+    match devtools::jwks(&list) {
+        Ok(doc) => {
+            out(&format!("{doc:#}\n"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            err(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct TokenArgs {
+    key: PathBuf,
+    kid: Option<String>,
+    alg: Option<String>,
+    iss: String,
+    aud: String,
+    sub: Option<String>,
+    tenant: Option<String>,
+    scope: Option<String>,
+    ttl: String,
+    cnf_cert: Option<PathBuf>,
+    claims: Vec<String>,
+}
+
+fn dev_token(a: &TokenArgs) -> Result<String, String> {
+    use portcullis::authn::devtools::{DevKey, TokenSpec, claims, default_kid};
+    let key = DevKey::read(&a.key)?;
+    let ttl = portcullis::config::raw::parse_duration(&a.ttl)
+        .ok_or_else(|| format!("`{}` is not a duration like `15m` or `1h`", a.ttl))?;
+    let cert_der = match &a.cnf_cert {
+        None => None,
+        Some(p) => {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            let c = CertificateDer::from_pem_file(p)
+                .map_err(|e| format!("`{}`: not a PEM certificate: {e}", p.display()))?;
+            Some(c.to_vec())
+        }
+    };
+    let mut extra = serde_json::Map::new();
+    for c in &a.claims {
+        let (name, json) = c
+            .split_once('=')
+            .ok_or_else(|| format!("`{c}`: write claims as NAME=JSON"))?;
+        let v: serde_json::Value = serde_json::from_str(json)
+            .unwrap_or_else(|_| serde_json::Value::String(json.to_owned()));
+        extra.insert(name.to_owned(), v);
+    }
+    let spec = TokenSpec {
+        iss: &a.iss,
+        aud: &a.aud,
+        sub: a.sub.as_deref(),
+        tenant: a.tenant.as_deref(),
+        scope: a.scope.as_deref(),
+        ttl: ttl.as_secs(),
+        cnf_cert_der: cert_der.as_deref(),
+        extra,
+    };
+    let kid = a.kid.clone().unwrap_or_else(|| default_kid(&a.key));
+    let alg = a.alg.as_deref().unwrap_or(key.default_alg());
+    key.sign(alg, Some(&kid), &claims(&spec))
+}
+
 fn dev_certs(dir: &Path) -> ExitCode {
     match portcullis::tls::devcerts::write_dev_certs(dir) {
         Ok(()) => {
@@ -130,7 +295,7 @@ fn dev_certs(dir: &Path) -> ExitCode {
 
 async fn start(checked: Checked) -> Result<Running, String> {
     let metrics = Metrics::new().map_err(|e| e.to_string())?;
-    let runtime = config::compile(checked)?;
+    let runtime = config::compile(checked, &metrics)?;
     metrics.record_reload(true);
     server::start(runtime, metrics)
         .await
@@ -208,7 +373,10 @@ async fn demo() -> ExitCode {
         }
     };
     let certs = PathBuf::from("certs/dev");
-    if !certs.join("ca.pem").exists() {
+    let missing = portcullis::tls::devcerts::DEV_FILES
+        .iter()
+        .any(|f| !certs.join(f).exists());
+    if missing {
         if let Err(e) = portcullis::tls::devcerts::write_dev_certs(&certs) {
             err(&format!("cannot create the demo certificates: {e}"));
             return ExitCode::FAILURE;
@@ -235,10 +403,18 @@ async fn demo() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let tokens = match portcullis::demo::tokens(&certs) {
+        Ok(t) => t,
+        Err(e) => {
+            err(&format!("cannot sign the demo tokens: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
     out(&portcullis::demo::curl_commands(
         running.addrs[0],
         running.admin_addr,
         &certs,
+        &tokens,
     ));
     supervise(running, None).await
 }

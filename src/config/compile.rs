@@ -9,6 +9,9 @@ use ipnet::IpNet;
 
 use super::raw::RawProtocol;
 use super::validate::Checked;
+use crate::authn::jwt::{Issuer, Verifier};
+use crate::authn::{RouteAuth, jwks};
+use crate::observe::metrics::Metrics;
 use crate::proxy::Router;
 use crate::proxy::upstream::{Cluster, PoolSettings, Route, UpstreamClient, UpstreamProtocol};
 
@@ -24,6 +27,8 @@ pub struct Runtime {
     pub trusted_proxies: Vec<IpNet>,
     /// Clusters by name.
     pub clusters: HashMap<String, Arc<Cluster>>,
+    /// Token verification (issuers, keys, verified-token cache), when issuers are configured.
+    pub verifier: Option<Arc<crate::authn::jwt::Verifier>>,
     /// The settings this was compiled from (listeners, admin, limits).
     pub settings: Checked,
 }
@@ -32,7 +37,7 @@ pub struct Runtime {
 ///
 /// # Errors
 /// Only if validation let an inconsistency through (reported, never panics).
-pub fn compile(checked: Checked) -> Result<Runtime, String> {
+pub fn compile(checked: Checked, metrics: &Metrics) -> Result<Runtime, String> {
     let mut clusters = HashMap::new();
     let mut built: Vec<(Arc<Cluster>, PoolSettings, ClientsByTimeout)> = Vec::new();
     for c in &checked.clusters {
@@ -86,6 +91,11 @@ pub fn compile(checked: Checked) -> Result<Runtime, String> {
             clients,
             request_timeout: r.request_timeout,
             mtls: r.mtls.clone().map(Into::into),
+            auth: RouteAuth {
+                mode: r.auth,
+                issuers: r.jwt_issuers.clone().map(Into::into),
+                require_bound: r.require_bound_tokens,
+            },
             metrics: Arc::new(crate::observe::metrics::RouteMetrics::new(
                 r.name.as_str().into(),
             )),
@@ -94,10 +104,33 @@ pub fn compile(checked: Checked) -> Result<Runtime, String> {
             .insert(r.host.as_deref(), &r.template, &r.methods, route)
             .map_err(|other| format!("route `{}` collides with `{other}`", r.name))?;
     }
+    let verifier = (!checked.issuers.is_empty()).then(|| {
+        let issuers = checked
+            .issuers
+            .iter()
+            .map(|i| Issuer {
+                name: i.name.as_str().into(),
+                iss: i.iss.clone(),
+                audiences: i.audiences.clone(),
+                algorithms: i.algorithms.clone(),
+                leeway: i.leeway,
+                max_lifetime: i.max_lifetime,
+                required_claims: i.required_claims.clone(),
+                claims: i.claims.clone(),
+                typ: i.typ.clone(),
+                require_bound_tokens: i.require_bound_tokens,
+                keys: jwks::store_for(&i.name, &i.jwks, metrics),
+            })
+            .collect();
+        Arc::new(
+            Verifier::new(issuers, checked.jwt.max_token_bytes, checked.jwt.cache).counted(metrics),
+        )
+    });
     Ok(Runtime {
         router,
         trusted_proxies: checked.trusted_proxies.clone(),
         clusters,
+        verifier,
         settings: checked,
     })
 }

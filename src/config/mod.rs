@@ -5,6 +5,7 @@
 //! Layout: one gateway file (listeners, admin, clusters, limits) that names a `policies` folder;
 //! every `*.yaml`/`*.yml` file in that folder (recursively, in name order) holds routes.
 
+pub mod auth;
 pub mod compile;
 pub mod raw;
 pub mod reload;
@@ -202,7 +203,17 @@ pub fn load_sources(
         Some(yaml::Value::Map(entries)) => entries.iter().map(|(k, _)| k.name.clone()).collect(),
         _ => Vec::new(),
     };
-    let routes = validate::check_policies(&parsed, &part.clusters, &declared, &mut errors);
+    let issuer_names = auth::IssuerNames {
+        valid: &part.issuers,
+        declared: &part.issuer_names,
+    };
+    let routes = validate::check_policies(
+        &parsed,
+        &part.clusters,
+        &declared,
+        &issuer_names,
+        &mut errors,
+    );
     // A line blanked to get past a syntax error leaves its item short of a key; that is the
     // syntax error's echo, not a second mistake.
     errors.retain(|e| {
@@ -226,6 +237,8 @@ pub fn load_sources(
         shutdown_grace: part.shutdown_grace,
         policies_dir,
         workers: part.workers,
+        issuers: part.issuers,
+        jwt: part.jwt,
     })
 }
 

@@ -242,6 +242,116 @@ pub struct RawRoute {
     pub timeouts: Option<RawTimeouts>,
     /// The mTLS identities admitted on this route (any identity, or none, when absent).
     pub mtls: Option<RawMtls>,
+    /// How callers authenticate (required: deny by default).
+    pub auth: Option<RawAuth>,
+    /// Token rules of the route (`auth: jwt` or `jwt_and_mtls`).
+    pub jwt: Option<RawRouteJwt>,
+}
+
+/// A route's authentication mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawAuth {
+    /// Anyone.
+    Public,
+    /// A bearer token.
+    Jwt,
+    /// A verified client certificate.
+    Mtls,
+    /// Both.
+    JwtAndMtls,
+}
+
+/// A route's token rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteJwt {
+    /// Issuers accepted on the route (every configured issuer when absent).
+    pub issuers: Option<Vec<String>>,
+    /// Tokens must be certificate-bound (RFC 8705).
+    #[serde(default)]
+    pub require_bound_tokens: bool,
+}
+
+/// A token issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    /// Exact `iss`.
+    pub issuer: String,
+    /// Accepted audiences.
+    pub audiences: Vec<String>,
+    /// Where the keys come from.
+    pub jwks: RawJwks,
+    /// Allowed algorithms.
+    pub algorithms: Option<Vec<String>>,
+    /// Clock leeway.
+    pub leeway: Option<Dur>,
+    /// Maximum token lifetime.
+    pub max_lifetime: Option<Dur>,
+    /// Claims that must be present.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Claim mapping.
+    pub claims: Option<RawClaimMap>,
+    /// Required header `typ`.
+    pub typ: Option<String>,
+    /// Every token must be certificate-bound.
+    #[serde(default)]
+    pub require_bound_tokens: bool,
+}
+
+/// An issuer's key source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwks {
+    /// `http(s)` URL.
+    pub url: Option<String>,
+    /// Local file.
+    pub file: Option<String>,
+    /// Background refresh interval.
+    pub refresh: Option<Dur>,
+    /// Minimum gap between unknown-kid refetches.
+    pub cooldown: Option<Dur>,
+    /// Maximum age of the last good keys while fetches fail.
+    pub max_stale: Option<Dur>,
+    /// Per-fetch timeout.
+    pub timeout: Option<Dur>,
+    /// Extra CA bundles for https.
+    #[serde(default)]
+    pub ca: Vec<String>,
+}
+
+/// Which claims carry tenant, scopes and roles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaimMap {
+    /// Tenant claim.
+    pub tenant: Option<String>,
+    /// Scopes claim.
+    pub scopes: Option<String>,
+    /// Roles claim.
+    pub roles: Option<String>,
+}
+
+/// Global token settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    /// Largest bearer token accepted.
+    pub max_token_bytes: Option<usize>,
+    /// Verified-token cache bounds.
+    pub cache: Option<RawJwtCache>,
+}
+
+/// Verified-token cache bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtCache {
+    /// Most entries (0 disables the cache).
+    pub max_entries: Option<usize>,
+    /// Most bytes.
+    pub max_bytes: Option<usize>,
 }
 
 /// Top-level keys of the gateway file.
@@ -255,6 +365,8 @@ pub const GATEWAY_KEYS: &[&str] = &[
     "reload",
     "shutdown",
     "workers",
+    "issuers",
+    "jwt",
 ];
 /// Top-level keys of a policies file.
 pub const POLICY_KEYS: &[&str] = &["routes"];

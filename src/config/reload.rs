@@ -74,7 +74,7 @@ impl Reloader {
     pub fn reload(&mut self) -> Result<(), ConfigErrors> {
         let env = self.env.clone();
         let result = load(&self.path, &*env).and_then(|checked| {
-            compile(checked).map_err(|e| {
+            compile(checked, &self.metrics).map_err(|e| {
                 ConfigErrors(vec![super::ConfigError {
                     file: self.path.display().to_string().into(),
                     pos: super::yaml::Pos::default(),

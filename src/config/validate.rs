@@ -82,6 +82,12 @@ pub struct RouteSettings {
     pub request_timeout: Duration,
     /// Accepted mTLS identities (any of), when the route demands one.
     pub mtls: Option<Vec<crate::tls::identity::IdentityPattern>>,
+    /// How callers authenticate.
+    pub auth: crate::authn::AuthMode,
+    /// Issuers accepted on the route (indices into [`Checked::issuers`]), all when `None`.
+    pub jwt_issuers: Option<Vec<usize>>,
+    /// Tokens must be certificate-bound.
+    pub require_bound_tokens: bool,
 }
 
 /// The whole configuration after validation.
@@ -109,6 +115,10 @@ pub struct Checked {
     pub policies_dir: Option<PathBuf>,
     /// Worker threads serving traffic (each with its own event loop and upstream pools).
     pub workers: usize,
+    /// Token issuers.
+    pub issuers: Vec<super::auth::IssuerSettings>,
+    /// Global token settings.
+    pub jwt: super::auth::JwtSettings,
 }
 
 /// Suggests the candidate closest to `word`, if any is close.
@@ -122,15 +132,21 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(_, c)| c)
 }
 
-struct Ctx<'a> {
-    file: Arc<str>,
-    errors: &'a mut Vec<ConfigError>,
+pub(super) struct Ctx<'a> {
+    pub(super) file: Arc<str>,
+    pub(super) errors: &'a mut Vec<ConfigError>,
     /// Relative file names in the config resolve against this folder.
-    base: &'a Path,
+    pub(super) base: &'a Path,
 }
 
 impl Ctx<'_> {
-    fn err(&mut self, pos: Pos, path: &str, message: impl Into<String>, hint: Option<String>) {
+    pub(super) fn err(
+        &mut self,
+        pos: Pos,
+        path: &str,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
         self.errors.push(ConfigError {
             file: self.file.clone(),
             pos,
@@ -141,7 +157,7 @@ impl Ctx<'_> {
     }
 
     /// Decodes `node` into `T`, reporting a serde error at the exact key or value.
-    fn decode<T: DeserializeOwned>(&mut self, node: &Node, path: &str) -> Option<T> {
+    pub(super) fn decode<T: DeserializeOwned>(&mut self, node: &Node, path: &str) -> Option<T> {
         let json = node.to_json();
         match serde_path_to_error::deserialize::<_, T>(json) {
             Ok(v) => Some(v),
@@ -222,7 +238,7 @@ fn find_key(node: &Node, name: &str) -> Option<Pos> {
     }
 }
 
-fn pos_of(node: &Node, key: &str) -> Pos {
+pub(super) fn pos_of(node: &Node, key: &str) -> Pos {
     node.get(key).map_or(node.pos, |n| n.pos)
 }
 
@@ -247,7 +263,7 @@ fn check_top_keys(ctx: &mut Ctx<'_>, root: &Node, allowed: &[&str], what: &str) 
     }
 }
 
-fn dur(d: Option<Dur>, default: Duration) -> Duration {
+pub(super) fn dur(d: Option<Dur>, default: Duration) -> Duration {
     d.map_or(default, |d| d.0)
 }
 
@@ -276,6 +292,9 @@ pub(super) struct GatewayPart {
     pub shutdown_grace: Duration,
     pub policies: Option<(String, Pos)>,
     pub workers: usize,
+    pub issuers: Vec<super::auth::IssuerSettings>,
+    pub issuer_names: Vec<String>,
+    pub jwt: super::auth::JwtSettings,
 }
 
 pub(super) fn check_gateway(
@@ -476,6 +495,8 @@ pub(super) fn check_gateway(
             );
         }
     }
+    let (issuers, issuer_names) = super::auth::check_issuers(&mut ctx, root);
+    let jwt = super::auth::check_jwt(&mut ctx, root);
     GatewayPart {
         listeners,
         admin,
@@ -487,10 +508,13 @@ pub(super) fn check_gateway(
         shutdown_grace,
         policies,
         workers,
+        issuers,
+        issuer_names,
+        jwt,
     }
 }
 
-fn valid_name(s: &str) -> bool {
+pub(super) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.bytes()
@@ -780,6 +804,7 @@ pub(super) fn check_policies(
     files: &[(SourceFile, Node)],
     clusters: &[ClusterSettings],
     declared_clusters: &[String],
+    issuers: &super::auth::IssuerNames<'_>,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<RouteSettings> {
     let mut routes = Vec::new();
@@ -818,6 +843,7 @@ pub(super) fn check_policies(
                 r,
                 clusters,
                 declared_clusters,
+                issuers,
                 &mut names,
                 &mut shapes,
             ) {
@@ -836,6 +862,7 @@ fn check_route(
     r: RawRoute,
     clusters: &[ClusterSettings],
     declared: &[String],
+    issuers: &super::auth::IssuerNames<'_>,
     names: &mut HashMap<String, Origin>,
     shapes: &mut HashMap<(Option<String>, String), HashMap<Method, Origin>>,
 ) -> Option<RouteSettings> {
@@ -1066,10 +1093,15 @@ fn check_route(
         }
         mtls = Some(patterns);
     }
+    let auth = super::auth::check_route_auth(ctx, node, path, &r, issuers);
     let cluster = cluster?;
     let c = &clusters[cluster];
+    let (auth, jwt_issuers, require_bound_tokens) = auth?;
     ok.then(|| RouteSettings {
         mtls,
+        auth,
+        jwt_issuers,
+        require_bound_tokens,
         name: r.name,
         host,
         methods,

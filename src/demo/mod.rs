@@ -65,43 +65,117 @@ pub fn config(
     crate::config::load_sources(&gateway, None, Some(vec![routes]), &env)
 }
 
+/// Bearer tokens of the reference scenario's users, signed with the development issuer key.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// `alice@acme`: tenant `acme`, scopes `accounts:read payments:write`, owns acc-100, acc-101.
+    pub alice: String,
+    /// `bob@globex`: tenant `globex`, scope `accounts:read`, owns acc-200.
+    pub bob: String,
+    /// Alice's token, expired an hour ago.
+    pub expired: String,
+}
+
+/// The demo issuer's `iss`.
+pub const DEMO_ISSUER: &str = "https://idp.acme.example";
+/// The demo API's audience.
+pub const DEMO_AUDIENCE: &str = "finance-api";
+
+/// Signs the demo users' tokens (valid for one hour) with `certs/jwt-es256-key.pem`.
+///
+/// # Errors
+/// When the key cannot be read.
+pub fn tokens(certs: &std::path::Path) -> Result<Tokens, String> {
+    use crate::authn::devtools::{DevKey, TokenSpec, claims};
+    use serde_json::json;
+    let key = DevKey::read(&certs.join("jwt-es256-key.pem"))?;
+    let user = |sub: &str, tenant: &str, scope: &str, accounts: &[&str]| {
+        let mut extra = serde_json::Map::new();
+        extra.insert("accounts".into(), json!(accounts));
+        claims(&TokenSpec {
+            iss: DEMO_ISSUER,
+            aud: DEMO_AUDIENCE,
+            sub: Some(sub),
+            tenant: Some(tenant),
+            scope: Some(scope),
+            ttl: 3600,
+            cnf_cert_der: None,
+            extra,
+        })
+    };
+    let alice = user(
+        "alice@acme",
+        "acme",
+        "accounts:read payments:write",
+        &["acc-100", "acc-101"],
+    );
+    let bob = user("bob@globex", "globex", "accounts:read", &["acc-200"]);
+    let mut expired = alice.clone();
+    for (claim, shift) in [("iat", 7200), ("nbf", 7200), ("exp", 7200)] {
+        if let Some(v) = expired.get(claim).and_then(serde_json::Value::as_i64) {
+            expired[claim] = json!(v - shift);
+        }
+    }
+    let sign = |c: &serde_json::Value| key.sign("ES256", Some("dev-es256"), c);
+    Ok(Tokens {
+        alice: sign(&alice)?,
+        bob: sign(&bob)?,
+        expired: sign(&expired)?,
+    })
+}
+
 /// The curl commands the demo prints, for a gateway at `addr` with certificates in `certs`.
-pub fn curl_commands(addr: SocketAddr, admin: SocketAddr, certs: &std::path::Path) -> String {
+pub fn curl_commands(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    certs: &std::path::Path,
+    tokens: &Tokens,
+) -> String {
     let c = certs.display();
     let port = addr.port();
+    let (alice, bob, expired) = (&tokens.alice, &tokens.bob, &tokens.expired);
     format!(
         r#"Portcullis demo is running: gateway https://localhost:{port} (mTLS required), admin http://{admin}
-Certificates: {c} (made by `portcullis dev-certs`; delete the folder to get new ones)
+Certificates and token keys: {c} (made by `portcullis dev-certs`; delete the folder to get new ones)
+
+Users bring a bearer token from the demo issuer (valid for one hour; restart the demo for new ones):
+
+  export ALICE='{alice}'
+  export BOB='{bob}'
+  export EXPIRED='{expired}'
+  export CERTS='--cacert {c}/ca.pem --cert {c}/client.pem --key {c}/client-key.pem'
 
 Try these (each response carries X-Request-Id; errors are application/problem+json):
 
-  # an account, as the user-facing client acme-web (200), with your own request id
-  curl -si --cacert {c}/ca.pem --cert {c}/client.pem --key {c}/client-key.pem \
-    https://localhost:{port}/v1/accounts/acc-100 -H 'X-Request-Id: demo-123'
+  # an account, as alice through the user-facing client acme-web (200), with your own request id
+  curl -si $CERTS https://localhost:{port}/v1/accounts/acc-100     -H "Authorization: Bearer $ALICE" -H 'X-Request-Id: demo-123'
 
   # a payment (201); the body reaches the backend byte for byte
-  curl -si --cacert {c}/ca.pem --cert {c}/client.pem --key {c}/client-key.pem \
-    https://localhost:{port}/v1/payments -H 'Content-Type: application/json' \
-    -d '{{"from_account": "acc-100", "to_account": "acc-200", "amount": "125.40", "currency": "EUR"}}'
+  curl -si $CERTS https://localhost:{port}/v1/payments -H "Authorization: Bearer $ALICE"     -H 'Content-Type: application/json'     -d '{{"from_account": "acc-100", "to_account": "acc-200", "amount": "125.40", "currency": "EUR"}}'
 
-  # the daily report: only SPIFFE services may call it — the reconciler gets 200 ...
-  curl -si --cacert {c}/ca.pem --cert {c}/service.pem --key {c}/service-key.pem \
-    https://localhost:{port}/v1/reports/acme/daily
+  # bob's view of his account (200); the backend sees X-Portcullis-Subject/-Tenant/-Scopes
+  curl -si $CERTS https://localhost:{port}/v1/accounts/acc-200 -H "Authorization: Bearer $BOB"
+
+  # no token, an expired token, a tampered token: 401 with WWW-Authenticate and the reason
+  curl -si $CERTS https://localhost:{port}/v1/accounts/acc-100
+  curl -si $CERTS https://localhost:{port}/v1/accounts/acc-100 -H "Authorization: Bearer $EXPIRED"
+  curl -si $CERTS https://localhost:{port}/v1/accounts/acc-100 -H "Authorization: Bearer ${{ALICE%?}}A"
+
+  # the daily report: only SPIFFE services may call it (mTLS, no token) — the reconciler gets 200 ...
+  curl -si --cacert {c}/ca.pem --cert {c}/service.pem --key {c}/service-key.pem     https://localhost:{port}/v1/reports/acme/daily
   # ... and acme-web gets 403 naming the rule
-  curl -si --cacert {c}/ca.pem --cert {c}/client.pem --key {c}/client-key.pem \
-    https://localhost:{port}/v1/reports/acme/daily
+  curl -si $CERTS https://localhost:{port}/v1/reports/acme/daily
 
   # refused handshakes: no client certificate, and one from a CA the gateway does not trust
   curl -si --cacert {c}/ca.pem https://localhost:{port}/v1/accounts/acc-100
-  curl -si --cacert {c}/ca.pem --cert {c}/rogue-client.pem --key {c}/rogue-client-key.pem \
-    https://localhost:{port}/v1/accounts/acc-100
+  curl -si --cacert {c}/ca.pem --cert {c}/rogue-client.pem --key {c}/rogue-client-key.pem     https://localhost:{port}/v1/accounts/acc-100
 
   # no such route (404) and wrong method (405 with Allow)
-  curl -si --cacert {c}/ca.pem --cert {c}/client.pem --key {c}/client-key.pem https://localhost:{port}/v1/unknown
-  curl -si --cacert {c}/ca.pem --cert {c}/client.pem --key {c}/client-key.pem -X DELETE https://localhost:{port}/v1/payments
+  curl -si $CERTS https://localhost:{port}/v1/unknown
+  curl -si $CERTS -X DELETE https://localhost:{port}/v1/payments
 
-  # metrics (handshakes by result, requests by route) and health
-  curl -s http://{admin}/metrics | grep -E 'portcullis_(tls_handshakes|requests)_total'
+  # metrics (handshakes, requests by route, authentication results) and health
+  curl -s http://{admin}/metrics | grep -E 'portcullis_(tls_handshakes|requests|authn)_total'
   curl -s http://{admin}/readyz
 
 Press Ctrl-C to stop.

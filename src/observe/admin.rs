@@ -16,7 +16,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use arc_swap::ArcSwap;
+
 use super::metrics::Metrics;
+use crate::authn::jwks::Health;
+use crate::config::Runtime;
 
 /// Readiness: true once the gateway serves traffic with a loaded config, false while draining.
 #[derive(Debug, Clone, Default)]
@@ -33,7 +37,39 @@ impl Readiness {
     }
 }
 
-fn respond(metrics: &Metrics, ready: &Readiness, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// `/readyz`: ready once serving with a loaded config, and every token issuer has keys. An
+/// issuer whose JWKS fetches fail while its last good keys serve is `stale` (still ready: a
+/// down identity provider must not take every replica out of the load balancer).
+fn readiness(ready: &Readiness, config: &ArcSwap<Runtime>) -> (StatusCode, Vec<u8>) {
+    let runtime = config.load();
+    let mut jwks = serde_json::Map::new();
+    let mut keys_ok = true;
+    if let Some(v) = &runtime.verifier {
+        for issuer in &v.issuers {
+            let health = issuer.keys.health();
+            keys_ok &= health != Health::Unavailable;
+            jwks.insert(issuer.name.to_string(), health.as_str().into());
+        }
+    }
+    let up = ready.get() && keys_ok;
+    let mut body = serde_json::json!({ "status": if up { "ready" } else { "not_ready" } });
+    if !jwks.is_empty() {
+        body["jwks"] = serde_json::Value::Object(jwks);
+    }
+    let status = if up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body.to_string().into_bytes())
+}
+
+fn respond(
+    metrics: &Metrics,
+    ready: &Readiness,
+    config: &ArcSwap<Runtime>,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (status, ctype, body): (StatusCode, &str, Vec<u8>) = match (req.method(), req.uri().path())
     {
         (&Method::GET, "/metrics") => (
@@ -46,16 +82,10 @@ fn respond(metrics: &Metrics, ready: &Readiness, req: &Request<Incoming>) -> Res
             "application/json",
             br#"{"status":"ok"}"#.to_vec(),
         ),
-        (&Method::GET, "/readyz") if ready.get() => (
-            StatusCode::OK,
-            "application/json",
-            br#"{"status":"ready"}"#.to_vec(),
-        ),
-        (&Method::GET, "/readyz") => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "application/json",
-            br#"{"status":"not_ready"}"#.to_vec(),
-        ),
+        (&Method::GET, "/readyz") => {
+            let (status, body) = readiness(ready, config);
+            (status, "application/json", body)
+        }
         _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
     };
     let mut res = Response::new(Full::new(Bytes::from(body)));
@@ -71,6 +101,7 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     ready: Readiness,
+    config: Arc<ArcSwap<Runtime>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -81,9 +112,10 @@ pub async fn serve(
         let Ok((stream, _)) = accepted else { continue };
         let metrics = metrics.clone();
         let ready = ready.clone();
+        let config = config.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let res = respond(&metrics, &ready, &req);
+                let res = respond(&metrics, &ready, &config, &req);
                 async move { Ok::<_, Infallible>(res) }
             });
             let _ = hyper::server::conn::http1::Builder::new()

@@ -57,6 +57,16 @@ pub struct MetricsInner {
     pub tls_not_after: IntGaugeVec,
     /// TLS material reloads by listener and result.
     pub tls_reloads: IntCounterVec,
+    /// Authentication decisions by result (`ok` or a refusal reason).
+    pub authn: IntCounterVec,
+    /// Verified-token cache lookups by result (`hit`, `miss`).
+    pub jwt_cache: IntCounterVec,
+    /// JWKS fetches by issuer and result (`ok`, `error`).
+    pub jwks_fetches: IntCounterVec,
+    /// Keys in each issuer's current key set.
+    pub jwks_keys: IntGaugeVec,
+    /// 1 while an issuer's JWKS fetches fail and its last good keys serve.
+    pub jwks_stale: IntGaugeVec,
 }
 
 impl std::fmt::Debug for MetricsInner {
@@ -176,6 +186,41 @@ impl Metrics {
             ),
             &["listener", "result"],
         )?;
+        let authn = IntCounterVec::new(
+            Opts::new(
+                "portcullis_authn_total",
+                "Authentication decisions, by result (ok or the refusal reason).",
+            ),
+            &["result"],
+        )?;
+        let jwt_cache = IntCounterVec::new(
+            Opts::new(
+                "portcullis_jwt_cache_total",
+                "Verified-token cache lookups, by result.",
+            ),
+            &["result"],
+        )?;
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new(
+                "portcullis_jwks_fetches_total",
+                "JWKS fetches, by issuer and result.",
+            ),
+            &["issuer", "result"],
+        )?;
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_jwks_keys",
+                "Keys in each issuer's current key set.",
+            ),
+            &["issuer"],
+        )?;
+        let jwks_stale = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_jwks_stale",
+                "1 while an issuer's JWKS fetches fail and its last good keys serve.",
+            ),
+            &["issuer"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "portcullis_build_info",
@@ -204,6 +249,11 @@ impl Metrics {
         registry.register(Box::new(tls_connections.clone()))?;
         registry.register(Box::new(tls_not_after.clone()))?;
         registry.register(Box::new(tls_reloads.clone()))?;
+        registry.register(Box::new(authn.clone()))?;
+        registry.register(Box::new(jwt_cache.clone()))?;
+        registry.register(Box::new(jwks_fetches.clone()))?;
+        registry.register(Box::new(jwks_keys.clone()))?;
+        registry.register(Box::new(jwks_stale.clone()))?;
         Ok(Self(Arc::new(MetricsInner {
             registry,
             none_route: RouteMetrics::new("none".into()),
@@ -221,6 +271,11 @@ impl Metrics {
             tls_connections,
             tls_not_after,
             tls_reloads,
+            authn,
+            jwt_cache,
+            jwks_fetches,
+            jwks_keys,
+            jwks_stale,
         })))
     }
 

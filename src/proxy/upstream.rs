@@ -233,6 +233,8 @@ pub struct Route {
     pub request_timeout: Duration,
     /// mTLS identities admitted (any of), when the route demands one.
     pub mtls: Option<Arc<[crate::tls::identity::IdentityPattern]>>,
+    /// How callers authenticate.
+    pub auth: crate::authn::RouteAuth,
     /// The route's metric handles.
     pub metrics: Arc<crate::observe::metrics::RouteMetrics>,
 }
@@ -277,6 +279,7 @@ impl Route {
             clients: Arc::new([client]),
             request_timeout: Duration::from_secs(1),
             mtls: None,
+            auth: crate::authn::RouteAuth::default(),
             metrics: Arc::new(crate::observe::metrics::RouteMetrics::new(name.into())),
         }
     }

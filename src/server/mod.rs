@@ -189,6 +189,7 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
         admin_listener,
         metrics.clone(),
         shared.ready.clone(),
+        shared.config.clone(),
         rx.clone(),
     ));
     shared.ready.set(true);

@@ -7,7 +7,8 @@
 //! 4. [`ConfigLayer`] — one `ArcSwap::load` of the current config per request.
 //! 5. [`HygieneLayer`] — hop-by-hop and identity headers, `X-Forwarded-*` (stage 4).
 //! 6. [`ROUTER_LAYER`] — host + method + path → route, or 404/405 (stage 5).
-//! 7. [`AUTHN_LAYER`] — the route's mTLS identity rule; identity header upstream (stage 7).
+//! 7. [`AuthnLayer`] — the route's `auth` rule: bearer token (JWT via JWKS) and/or mTLS
+//!    identity; verified identity headers upstream (stage 7).
 //! 8. [`Forward`] — the upstream call (stage 11).
 //!
 //! Later stages (authentication, authorization, rate limits, body checks) slot in between the
@@ -21,7 +22,7 @@ use tower::ServiceBuilder;
 use tower::util::BoxCloneService;
 
 use crate::Body;
-use crate::authn::AUTHN_LAYER;
+use crate::authn::AuthnLayer;
 use crate::config::reload::ConfigLayer;
 use crate::observe::ObserveLayer;
 use crate::observe::request_id::RequestIdLayer;
@@ -46,7 +47,7 @@ pub fn build(shared: &Arc<Shared>, access_log: bool) -> Pipeline {
         .layer(ConfigLayer::new(shared.config.clone()))
         .layer(HygieneLayer)
         .layer(ROUTER_LAYER)
-        .layer(AUTHN_LAYER)
+        .layer(AuthnLayer::new(metrics.clone()))
         .service(Forward::new(metrics));
     BoxCloneService::new(svc)
 }

@@ -148,13 +148,31 @@ impl DevCa {
 
 fn write(dir: &Path, name: &str, text: &str, secret: bool) -> Result<(), String> {
     let path = dir.join(name);
-    std::fs::write(&path, text).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
     if secret {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("cannot restrict `{}`: {e}", path.display()))?;
+        return write_private(&path, text);
     }
-    Ok(())
+    std::fs::write(&path, text).map_err(|e| format!("cannot write `{}`: {e}", path.display()))
+}
+
+/// Writes a private key readable by its owner only (created 0600, never wider).
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |e: std::io::Error| format!("cannot write `{}`: {e}", path.display());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    // An existing file keeps its mode on open: narrow it too.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(err)?;
+    f.write_all(text.as_bytes()).map_err(err)
 }
 
 /// The files [`write_dev_certs`] creates.
@@ -170,6 +188,9 @@ pub const DEV_FILES: &[&str] = &[
     "rogue-client.pem",
     "rogue-client-key.pem",
     "crl.pem",
+    "jwt-es256-key.pem",
+    "jwt-eddsa-key.pem",
+    "jwks.json",
 ];
 
 /// Writes the development CA and certificates into `dir` (private keys 0600).
@@ -214,5 +235,6 @@ pub fn write_dev_certs(dir: &Path) -> Result<(), String> {
     write(dir, "rogue-client-key.pem", &rogue.key_pem, true)?;
     // An empty CRL of the dev CA, so a listener can be configured with revocation checks.
     write(dir, "crl.pem", &ca.crl(&[])?, false)?;
-    Ok(())
+    // Token-signing keys of a development identity provider, and their JWKS.
+    crate::authn::devtools::write_dev_keys(dir)
 }

@@ -96,7 +96,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub type NotAfter = Vec<(&'static str, String, i64)>;
 
 /// Reads a PEM certificate file (one or more certificates).
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?
         .collect::<Result<_, _>>()

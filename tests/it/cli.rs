@@ -12,15 +12,18 @@ const THREE_MISTAKES: &str = "routes:
     methods: [GET]
     path: /v1/accounts/{account_id}
     cluster: acounts
+    auth: public
   - name: list-transactions
     methods: [GET]
     path: /v1/accounts/{account_id}/transactions
     cluster: accounts
+    auth: public
     timeout: 5s
   - name: create-payment
     methods: [POST
     path: /v1/payments
     cluster: accounts
+    auth: public
 ";
 
 #[test]
@@ -45,10 +48,10 @@ fn validate_reports_every_mistake_with_its_line_and_fails() {
             "did you mean `accounts`?",
         ),
         (
-            format!("{file}:10:5: error: unknown key `timeout`"),
+            format!("{file}:12:5: error: unknown key `timeout`"),
             "did you mean `timeouts`?",
         ),
-        (format!("{file}:12:14: error: YAML syntax error"), ""),
+        (format!("{file}:14:14: error: YAML syntax error"), ""),
     ];
     for (line, hint) in &expect {
         assert!(text.contains(line.as_str()), "missing `{line}` in:\n{text}");
@@ -131,7 +134,7 @@ async fn sigterm_lets_the_slow_request_finish_refuses_new_connections_and_exits_
     );
     dir.write(
         "routes/r.yaml",
-        "routes:\n  - name: slow\n    methods: [GET]\n    path: /slow\n    cluster: slow\n",
+        "routes:\n  - name: slow\n    methods: [GET]\n    path: /slow\n    cluster: slow\n    auth: public\n",
     );
     let mut child = run_binary(&cfg, admin, false).await;
 
@@ -185,7 +188,7 @@ async fn logs_are_json_lines_and_each_line_of_a_request_carries_its_id() {
     );
     dir.write(
         "routes/r.yaml",
-        "routes:\n  - name: live\n    methods: [GET]\n    path: /live\n    cluster: live\n  - name: dead\n    methods: [GET]\n    path: /dead\n    cluster: dead\n",
+        "routes:\n  - name: live\n    methods: [GET]\n    path: /live\n    cluster: live\n    auth: public\n  - name: dead\n    methods: [GET]\n    path: /dead\n    cluster: dead\n    auth: public\n",
     );
     let child = run_binary(&cfg, admin, true).await;
     let r = get(

@@ -5,7 +5,7 @@ use crate::support::*;
 async fn gateway() -> (Gateway, Backend) {
     let b = Backend::start("accounts").await;
     let clusters = format!("  accounts:\n    endpoints: [\"{}\"]\n", b.addr);
-    let routes = "routes:\n  - name: acct\n    methods: [GET]\n    path: /v1/accounts/{id}\n    cluster: accounts\n";
+    let routes = "routes:\n  - name: acct\n    methods: [GET]\n    path: /v1/accounts/{id}\n    cluster: accounts\n    auth: public\n";
     (
         Gateway::start(&gateway_yaml(&clusters, ""), routes).await,
         b,

@@ -8,7 +8,7 @@ use crate::support::*;
 async fn not_found_and_method_not_allowed() {
     let b = Backend::start("payments").await;
     let clusters = format!("  payments:\n    endpoints: [\"{}\"]\n", b.addr);
-    let routes = "routes:\n  - name: pay\n    methods: [POST, PUT]\n    path: /v1/payments\n    cluster: payments\n";
+    let routes = "routes:\n  - name: pay\n    methods: [POST, PUT]\n    path: /v1/payments\n    cluster: payments\n    auth: public\n";
     let gw = Gateway::start(&gateway_yaml(&clusters, ""), routes).await;
     let r = get(&gw.url("/v1/nothing/here"), &[]).await;
     let v = assert_problem(&r, 404);
@@ -27,7 +27,7 @@ async fn not_found_and_method_not_allowed() {
 async fn refused_upstream_is_502_then_503_while_ejected() {
     let dead = closed_port();
     let clusters = format!("  ledger:\n    endpoints: [\"{dead}\"]\n    eject_for: 30s\n");
-    let routes = "routes:\n  - name: ledger\n    methods: [GET]\n    path: /v1/ledger\n    cluster: ledger\n";
+    let routes = "routes:\n  - name: ledger\n    methods: [GET]\n    path: /v1/ledger\n    cluster: ledger\n    auth: public\n";
     let gw = Gateway::start(&gateway_yaml(&clusters, ""), routes).await;
     let r = get(&gw.url("/v1/ledger"), &[]).await;
     let v = assert_problem(&r, 502);
@@ -68,7 +68,7 @@ async fn a_slow_upstream_is_504_at_the_route_timeout() {
         "  reports:\n    endpoints: [\"{}\"]\n    request_timeout: 30s\n",
         b.addr
     );
-    let routes = "routes:\n  - name: slow\n    methods: [GET]\n    path: /slow\n    cluster: reports\n    timeouts:\n      request: 300ms\n";
+    let routes = "routes:\n  - name: slow\n    methods: [GET]\n    path: /slow\n    cluster: reports\n    auth: public\n    timeouts:\n      request: 300ms\n";
     let gw = Gateway::start(&gateway_yaml(&clusters, ""), routes).await;
     let started = Instant::now();
     let r = get(&gw.url("/slow?ms=10000"), &[]).await;
@@ -90,7 +90,7 @@ async fn a_reachable_upstream_is_not_ejected_by_other_clusters_failures() {
         "  good:\n    endpoints: [\"{}\"]\n  bad:\n    endpoints: [\"{dead}\", \"{}\"]\n",
         ok.addr, ok.addr
     );
-    let routes = "routes:\n  - name: good\n    methods: [GET]\n    path: /good\n    cluster: good\n  - name: bad\n    methods: [GET]\n    path: /bad\n    cluster: bad\n";
+    let routes = "routes:\n  - name: good\n    methods: [GET]\n    path: /good\n    cluster: good\n    auth: public\n  - name: bad\n    methods: [GET]\n    path: /bad\n    cluster: bad\n    auth: public\n";
     let gw = Gateway::start(&gateway_yaml(&clusters, ""), routes).await;
     // Round-robin over a dead and a live endpoint: after the dead one is ejected, all succeed.
     let mut statuses = Vec::new();

@@ -14,7 +14,7 @@ async fn gateway(listener_extra: &str) -> (Gateway, Backend) {
         "    address: 127.0.0.1:0\nadmin",
         &format!("    address: 127.0.0.1:0\n{listener_extra}admin"),
     );
-    let routes = "routes:\n  - name: r\n    methods: [GET]\n    path: /r\n    cluster: main\n";
+    let routes = "routes:\n  - name: r\n    methods: [GET]\n    path: /r\n    cluster: main\n    auth: public\n";
     (Gateway::start(&yaml, routes).await, b)
 }
 

@@ -8,6 +8,7 @@ mod support;
 mod cli;
 mod correlation;
 mod errors;
+mod jwt;
 mod limits;
 mod observe;
 mod proxy;

@@ -6,7 +6,7 @@ use crate::support::*;
 async fn metrics_are_valid_exposition_and_count_the_requests() {
     let b = Backend::start("accounts").await;
     let clusters = format!("  accounts:\n    endpoints: [\"{}\"]\n", b.addr);
-    let routes = "routes:\n  - name: get-account\n    methods: [GET]\n    path: /v1/accounts/{id}\n    cluster: accounts\n";
+    let routes = "routes:\n  - name: get-account\n    methods: [GET]\n    path: /v1/accounts/{id}\n    cluster: accounts\n    auth: public\n";
     let gw = Gateway::start(&gateway_yaml(&clusters, ""), routes).await;
     for i in 0..3 {
         assert_eq!(
@@ -130,16 +130,39 @@ async fn the_demo_serves_the_reference_scenario_over_mtls() {
     let mut checked = portcullis::demo::config(backends, certs.path()).unwrap();
     checked.listeners[0].address = "127.0.0.1:0".parse().unwrap();
     checked.admin = "127.0.0.1:0".parse().unwrap();
-    let runtime = portcullis::config::compile(checked).unwrap();
     let metrics = portcullis::observe::metrics::Metrics::new().unwrap();
+    let runtime = portcullis::config::compile(checked, &metrics).unwrap();
     let running = portcullis::server::start(runtime, metrics).await.unwrap();
     let addr = running.addrs[0];
 
+    let tokens = portcullis::demo::tokens(certs.path()).unwrap();
+    let alice = format!("Bearer {}", tokens.alice);
+    let bearer = [("authorization", alice.as_str())];
     let mut web = connect(addr, client_config(&ca, Some(&client), &[b"http/1.1"]))
         .await
         .unwrap();
+    // Users need a token: none, or an expired one, is 401.
+    let (r, _) = web.get("/v1/accounts/acc-100", &[]).await.unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["reason"], "missing");
+    let expired = format!("Bearer {}", tokens.expired);
     let (r, _) = web
-        .get("/v1/accounts/acc-100", &[("x-request-id", "demo-1")])
+        .get(
+            "/v1/accounts/acc-100",
+            &[("authorization", expired.as_str())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["reason"], "expired");
+    let (r, _) = web
+        .get(
+            "/v1/accounts/acc-100",
+            &[
+                ("x-request-id", "demo-1"),
+                ("authorization", alice.as_str()),
+            ],
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 200);
@@ -150,7 +173,7 @@ async fn the_demo_serves_the_reference_scenario_over_mtls() {
         "the backend echoes the id it received"
     );
     assert_eq!(
-        web.get("/v1/accounts/acc-100/transactions", &[])
+        web.get("/v1/accounts/acc-100/transactions", &bearer)
             .await
             .unwrap()
             .0
@@ -158,7 +181,11 @@ async fn the_demo_serves_the_reference_scenario_over_mtls() {
         200
     );
     assert_eq!(
-        web.get("/v1/payments/pay-1", &[]).await.unwrap().0.status,
+        web.get("/v1/payments/pay-1", &bearer)
+            .await
+            .unwrap()
+            .0
+            .status,
         200
     );
     assert_eq!(
@@ -195,7 +222,8 @@ async fn the_demo_serves_the_reference_scenario_over_mtls() {
     assert!(anonymous.await.is_err());
 
     // Every curl command the demo prints names a configured path and the certificates.
-    let text = portcullis::demo::curl_commands(addr, running.admin_addr, certs.path());
+    let text = portcullis::demo::curl_commands(addr, running.admin_addr, certs.path(), &tokens);
+    assert!(text.contains(&tokens.alice) && text.contains(&tokens.bob));
     assert!(text.contains(&format!(
         "https://localhost:{}/v1/accounts/acc-100",
         addr.port()

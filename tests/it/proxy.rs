@@ -23,14 +23,17 @@ routes:
     methods: [GET]
     path: /v1/accounts/{account_id}
     cluster: accounts
+    auth: public
   - name: create-payment
     methods: [POST]
     path: /v1/payments
     cluster: payments
+    auth: public
   - name: upload
     methods: [POST]
     path: /v1/upload
     cluster: accounts
+    auth: public
 "#;
     (
         Gateway::start(&gateway_yaml(&clusters, ""), routes).await,
@@ -181,7 +184,7 @@ async fn hop_by_hop_identity_and_forwarded_headers_are_handled() {
 async fn forwarded_headers_from_a_trusted_proxy_are_extended() {
     let a = Backend::start("accounts").await;
     let clusters = format!("  accounts:\n    endpoints: [\"{}\"]\n", a.addr);
-    let routes = "routes:\n  - name: r\n    methods: [GET]\n    path: /x\n    cluster: accounts\n";
+    let routes = "routes:\n  - name: r\n    methods: [GET]\n    path: /x\n    cluster: accounts\n    auth: public\n";
     let gw = Gateway::start(
         &gateway_yaml(&clusters, "trusted_proxies: [127.0.0.0/8]"),
         routes,
@@ -234,7 +237,7 @@ async fn closing_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
 async fn upstream_connections_are_reused_and_replaced_when_the_upstream_closed_them() {
     let (addr, accepted) = closing_backend().await;
     let clusters = format!("  accounts:\n    endpoints: [\"{addr}\"]\n");
-    let routes = "routes:\n  - name: any\n    methods: [GET, POST]\n    path: /v1/{x}\n    cluster: accounts\n";
+    let routes = "routes:\n  - name: any\n    methods: [GET, POST]\n    path: /v1/{x}\n    cluster: accounts\n    auth: public\n";
     let gw = Gateway::start(&gateway_yaml(&clusters, "workers: 1"), routes).await;
     let client = client::<Full<Bytes>>();
     let call = |method: &'static str| {

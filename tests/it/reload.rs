@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use crate::support::*;
 
-const ROUTES_V1: &str =
-    "routes:\n  - name: slow\n    methods: [GET]\n    path: /slow\n    cluster: main\n";
+const ROUTES_V1: &str = "routes:\n  - name: slow\n    methods: [GET]\n    path: /slow\n    cluster: main\n    auth: public\n";
 
 async fn reloads(gw: &Gateway, result: &str) -> f64 {
     let m = prom::parse(&gw.metrics().await).unwrap();
@@ -32,7 +31,7 @@ async fn valid_edit_applies_without_failing_in_flight_and_invalid_edit_keeps_old
 
     // …while a valid edit adds a route.
     let v2 = format!(
-        "{ROUTES_V1}  - name: new\n    methods: [GET]\n    path: /new\n    cluster: main\n"
+        "{ROUTES_V1}  - name: new\n    methods: [GET]\n    path: /new\n    cluster: main\n    auth: public\n"
     );
     gw.dir.write("routes/routes.yaml", &v2);
     let url = gw.url("/new");

@@ -99,10 +99,12 @@ const ROUTES: &str = "routes:
     methods: [GET]
     path: /v1/accounts/{account_id}
     cluster: main
+    auth: public
   - name: reports
     methods: [GET]
     path: /v1/reports/{tenant_id}/daily
     cluster: main
+    auth: mtls
     mtls:
       any_of:
         - uri: \"spiffe://acme.internal/*\"
@@ -110,6 +112,7 @@ const ROUTES: &str = "routes:
     methods: [GET, POST]
     path: /v1/payments
     cluster: main
+    auth: mtls
     mtls:
       any_of:
         - cn: acme-web
@@ -667,8 +670,7 @@ async fn an_upstream_that_demands_a_client_certificate_is_reached() {
             pki.path("ca.pem")
         )
     };
-    let routes =
-        "routes:\n  - name: ledger\n    methods: [GET]\n    path: /v1/ledger\n    cluster: main\n";
+    let routes = "routes:\n  - name: ledger\n    methods: [GET]\n    path: /v1/ledger\n    cluster: main\n    auth: public\n";
     let gw = Gateway::start(&gateway_yaml(&cluster(true), ""), routes).await;
     let r = get(&gw.url("/v1/ledger"), &[]).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));

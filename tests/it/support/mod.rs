@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod jwt;
 pub mod prom;
 
 use std::collections::BTreeMap;
@@ -200,8 +201,8 @@ impl Gateway {
             Ok(c) => c,
             Err(e) => panic!("test config invalid:\n{e}"),
         };
-        let runtime = portcullis::config::compile(checked).unwrap();
         let metrics = Metrics::new().unwrap();
+        let runtime = portcullis::config::compile(checked, &metrics).unwrap();
         let running = portcullis::server::start(runtime, metrics.clone())
             .await
             .unwrap();
@@ -218,6 +219,13 @@ impl Gateway {
             reload.clone(),
             running.shutdown_handle().subscribe(),
         ));
+        // Token issuers fetch their keys in the background; give them a moment (a test of an
+        // unavailable JWKS simply starts not ready).
+        let admin = running.admin_addr;
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !ready(admin).await && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Self {
             addr: running.addrs[0],
             admin: running.admin_addr,
