@@ -31,8 +31,27 @@ impl DevKey {
     pub fn read(path: &Path) -> Result<Self, String> {
         let der = PrivateKeyDer::from_pem_file(path)
             .map_err(|e| format!("`{}`: not a PEM private key: {e}", path.display()))?;
+        Self::from_der(&der).map_err(|()| {
+            format!(
+                "`{}` is not an RSA (2048+ bits), P-256 or Ed25519 private key",
+                path.display()
+            )
+        })
+    }
+
+    /// Parses a PEM private key.
+    ///
+    /// # Errors
+    /// When the text holds no RSA, P-256 or Ed25519 private key.
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| format!("not a PEM private key: {e}"))?;
+        Self::from_der(&der).map_err(|()| "not an RSA, P-256 or Ed25519 private key".to_owned())
+    }
+
+    fn from_der(der: &PrivateKeyDer<'_>) -> Result<Self, ()> {
         let rng = SystemRandom::new();
-        match &der {
+        match der {
             PrivateKeyDer::Pkcs8(k) => {
                 let b = k.secret_pkcs8_der();
                 if let Ok(k) = RsaKeyPair::from_pkcs8(b) {
@@ -54,10 +73,7 @@ impl DevKey {
             }
             _ => {}
         }
-        Err(format!(
-            "`{}` is not an RSA (2048+ bits), P-256 or Ed25519 private key",
-            path.display()
-        ))
+        Err(())
     }
 
     /// The algorithm tokens signed with this key use unless told otherwise.

@@ -274,6 +274,12 @@ impl KeyStore {
         }
     }
 
+    /// Installs `keys` as if fetched (unit tests of key-set changes).
+    #[cfg(test)]
+    pub fn replace_for_tests(&self, keys: Vec<Key>) {
+        self.install(keys);
+    }
+
     fn install(&self, keys: Vec<Key>) -> bool {
         let current = self.keys.load();
         let same = current.keys.len() == keys.len()

@@ -969,3 +969,173 @@ impl TokenCache {
         (self.hits.load(Relaxed), self.misses.load(Relaxed))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::devtools::DevKey;
+    use serde_json::json;
+
+    fn p256() -> DevKey {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        DevKey::from_pem(&kp.serialize_pem()).unwrap()
+    }
+
+    fn verifier(keys: &[(&DevKey, Option<&str>)], limits: CacheLimits) -> Verifier {
+        let jwks: Vec<Value> = keys
+            .iter()
+            .map(|(k, kid)| {
+                let mut j = k.jwk(kid.unwrap_or("x"), None);
+                if kid.is_none() {
+                    j.as_object_mut().unwrap().remove("kid");
+                }
+                j
+            })
+            .collect();
+        let doc = json!({ "keys": jwks }).to_string();
+        let mut v = Verifier::for_bench("https://idp.test", "api", &doc, &["ES256"]);
+        v.cache = TokenCache::new(limits);
+        v
+    }
+
+    fn claims() -> Value {
+        let now = now_secs();
+        json!({"iss": "https://idp.test", "aud": "api", "sub": "alice", "iat": now, "exp": now + 600})
+    }
+
+    fn raw_token(header: &str, payload: &str) -> String {
+        format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        )
+    }
+
+    #[test]
+    fn duplicate_keys_and_non_objects_are_malformed() {
+        let k = p256();
+        let v = verifier(&[(&k, Some("a"))], CacheLimits::default());
+        let dup = raw_token(
+            r#"{"alg":"ES256","kid":"a"}"#,
+            r#"{"iss":"https://idp.test","iss":"https://evil.test"}"#,
+        );
+        assert_eq!(v.verify(&dup, None).unwrap_err().reason, "malformed");
+        let dup_header = raw_token(r#"{"alg":"ES256","alg":"none"}"#, r#"{}"#);
+        assert_eq!(v.verify(&dup_header, None).unwrap_err().reason, "malformed");
+        let array = raw_token(r#"["ES256"]"#, r#"{}"#);
+        assert_eq!(v.verify(&array, None).unwrap_err().reason, "malformed");
+        assert_eq!(v.verify("a.b", None).unwrap_err().reason, "malformed");
+        assert_eq!(v.verify("a.b.c.d.e", None).unwrap_err().reason, "malformed");
+        // Padded base64 is not base64url-without-padding.
+        let padded = format!("{}=.e30.c2ln", URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256"}"#));
+        assert_eq!(v.verify(&padded, None).unwrap_err().reason, "malformed");
+    }
+
+    #[test]
+    fn a_kidless_token_needs_a_single_fitting_key() {
+        let (a, b) = (p256(), p256());
+        let one = verifier(&[(&a, None)], CacheLimits::default());
+        let t = a.sign("ES256", None, &claims()).unwrap();
+        assert!(one.verify(&t, None).is_ok());
+        let two = verifier(&[(&a, Some("a")), (&b, Some("b"))], CacheLimits::default());
+        assert_eq!(two.verify(&t, None).unwrap_err().reason, "bad_kid");
+    }
+
+    #[test]
+    fn cache_hits_recheck_time_binding_and_key_generation() {
+        let k = p256();
+        let v = verifier(&[(&k, Some("a"))], CacheLimits::default());
+        let t = k.sign("ES256", Some("a"), &claims()).unwrap();
+        assert!(v.verify(&t, None).is_ok());
+        assert!(v.verify(&t, None).is_ok());
+        assert_eq!(v.cache_stats(), (1, 1), "second call is a hit");
+        // A bound token from the cache is still checked against this connection's certificate.
+        let mut c = claims();
+        c["cnf"] = json!({"x5t#S256": URL_SAFE_NO_PAD.encode([7u8; 32])});
+        let bound = k.sign("ES256", Some("a"), &c).unwrap();
+        assert!(v.verify(&bound, Some(&[7u8; 32])).is_ok());
+        assert_eq!(
+            v.verify(&bound, Some(&[8u8; 32])).unwrap_err().reason,
+            "cert_mismatch"
+        );
+        assert_eq!(v.verify(&bound, None).unwrap_err().reason, "cert_mismatch");
+        // New key set (the same key, re-published): earlier verifications are void.
+        let store = &v.issuers[0].keys;
+        let before = v.cache_stats();
+        let jwk = json!({"keys": [k.jwk("b", None)]}).to_string();
+        store.replace_for_tests(super::super::jwks::parse_jwks(jwk.as_bytes()).unwrap());
+        assert_eq!(v.verify(&t, None).unwrap_err().reason, "unknown_kid");
+        assert_eq!(
+            v.cache_stats().1,
+            before.1 + 1,
+            "a void entry counts as a miss"
+        );
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_entry_bound() {
+        let k = p256();
+        let limits = CacheLimits {
+            max_entries: 32,
+            max_bytes: 1 << 20,
+        };
+        let v = verifier(&[(&k, Some("a"))], limits);
+        for i in 0..500 {
+            let mut c = claims();
+            c["jti"] = json!(i);
+            let t = k.sign("ES256", Some("a"), &c).unwrap();
+            assert!(v.verify(&t, None).is_ok());
+        }
+        let entries: usize = v
+            .cache
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().entries)
+            .sum();
+        assert!(entries <= SHARDS * 32usize.div_ceil(SHARDS), "{entries}");
+        assert!(entries > 0);
+    }
+
+    #[test]
+    fn time_claims_use_the_leeway() {
+        let k = p256();
+        let v = verifier(&[(&k, Some("a"))], CacheLimits::default());
+        let now = now_secs();
+        let sign = |c: Value| k.sign("ES256", Some("a"), &c).unwrap();
+        let base = |exp: i64| json!({"iss": "https://idp.test", "aud": ["other", "api"], "exp": exp, "iat": now - 60});
+        assert!(
+            v.verify(&sign(base(now - 10)), None).is_ok(),
+            "within 30 s leeway"
+        );
+        assert_eq!(
+            v.verify(&sign(base(now - 40)), None).unwrap_err().reason,
+            "expired"
+        );
+        let mut c = base(now + 600);
+        c["nbf"] = json!(now + 20);
+        assert!(v.verify(&sign(c.clone()), None).is_ok());
+        c["nbf"] = json!(now + 90);
+        assert_eq!(
+            v.verify(&sign(c), None).unwrap_err().reason,
+            "not_yet_valid"
+        );
+        let mut c = base(now + 600);
+        c["iat"] = json!(now + 90);
+        assert_eq!(
+            v.verify(&sign(c), None).unwrap_err().reason,
+            "issued_in_future"
+        );
+        let mut c = base(now + 600);
+        c.as_object_mut().unwrap().remove("exp");
+        assert_eq!(
+            v.verify(&sign(c), None).unwrap_err().reason,
+            "missing_claim"
+        );
+        let mut c = base(now + 600);
+        c["aud"] = json!("api other");
+        assert_eq!(
+            v.verify(&sign(c), None).unwrap_err().reason,
+            "wrong_audience"
+        );
+    }
+}

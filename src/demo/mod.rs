@@ -159,7 +159,7 @@ Try these (each response carries X-Request-Id; errors are application/problem+js
   # no token, an expired token, a tampered token: 401 with WWW-Authenticate and the reason
   curl -si $CERTS https://localhost:{port}/v1/accounts/acc-100
   curl -si $CERTS https://localhost:{port}/v1/accounts/acc-100 -H "Authorization: Bearer $EXPIRED"
-  curl -si $CERTS https://localhost:{port}/v1/accounts/acc-100 -H "Authorization: Bearer ${{ALICE%?}}A"
+  curl -si $CERTS https://localhost:{port}/v1/accounts/acc-100 -H "Authorization: Bearer ${{ALICE%??????}}AAAAAA"
 
   # the daily report: only SPIFFE services may call it (mTLS, no token) — the reconciler gets 200 ...
   curl -si --cacert {c}/ca.pem --cert {c}/service.pem --key {c}/service-key.pem     https://localhost:{port}/v1/reports/acme/daily
