@@ -502,7 +502,9 @@ if [[ "$SKIP_JWT" != 1 ]]; then
         fi
     fi
     # "HAProxy version 2.6.12-1+deb12u3 2025/10/03 - https://haproxy.org/"
-    HAPROXY_VERSION="$(haproxy -v 2>&1 | head -n1 | sed -n 's/^HA-\{0,1\}Proxy version \([^ ]*\).*/\1/p')"
+    # (Read all of it first: `haproxy -v | head -n1` would die of SIGPIPE under pipefail.)
+    HAPROXY_V="$(haproxy -v 2>&1 || true)"
+    HAPROXY_VERSION="$(sed -n '1s/^HA-\{0,1\}Proxy version \([^ ]*\).*/\1/p' <<<"$HAPROXY_V")"
     [[ "$HAPROXY_VERSION" =~ ^([0-9]+)\.([0-9]+) ]] || die "could not read the HAProxy version from 'haproxy -v'"
     # jwt_verify / jwt_*_query / http_auth_bearer exist since 2.5.
     ((BASH_REMATCH[1] > 2 || (BASH_REMATCH[1] == 2 && BASH_REMATCH[2] >= 5))) \
