@@ -814,6 +814,7 @@ routes:
     path: /v1/accounts/{account_id}
     cluster: accounts
     auth: jwt
+    authz: { authenticated: true }
 EOF
     if [[ "$SKIP_PORTCULLIS" != 1 ]] && "$BIN" validate --help >/dev/null 2>&1; then
         (cd "$TMP" && "$BIN" validate --config "$TMP/gateway-jwt.yaml") >"$TMP/validate-jwt.log" 2>&1 \

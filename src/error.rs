@@ -26,6 +26,9 @@ pub enum GatewayError {
     /// Authentication failed.
     #[error(transparent)]
     Authn(#[from] crate::authn::AuthnError),
+    /// Authorization refused (403 / 404), or a write could not be audited (503).
+    #[error(transparent)]
+    Authz(#[from] crate::authz::AuthzError),
     /// The request itself is malformed.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -222,6 +225,31 @@ pub fn problem(err: &GatewayError) -> Problem {
                     r#"Bearer realm="portcullis", error="invalid_token", error_description="{desc}""#
                 )
             });
+            p
+        }
+        GatewayError::Authz(e) => {
+            let title = match e.status.as_u16() {
+                404 => "Not found",
+                413 => "The request body is too large",
+                503 => "Writes cannot be audited right now",
+                400 => "The request is malformed",
+                _ => "The caller may not do this",
+            };
+            let mut p = Problem::new(e.status, e.kind, title, e.detail.clone());
+            // A 404 must look like any other: no reason that tells an ownership check apart.
+            if e.status != S::NOT_FOUND {
+                p.reason = Some(e.reason);
+            }
+            if let Some(scope) = &e.scope_hint {
+                let scope: String = scope
+                    .chars()
+                    .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                    .filter(|c| *c != '"' && *c != '\\')
+                    .collect();
+                p.www_authenticate = Some(format!(
+                    r#"Bearer realm="portcullis", error="insufficient_scope", scope="{scope}""#
+                ));
+            }
             p
         }
         GatewayError::BadRequest(what) => Problem::new(

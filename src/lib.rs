@@ -6,6 +6,7 @@
 //! compiled by [`config`], and swapped atomically on reload.
 
 pub mod authn;
+pub mod authz;
 pub mod config;
 pub mod decide;
 pub mod demo;

@@ -177,6 +177,12 @@ fn main() -> ExitCode {
 fn validate(path: &Path) -> ExitCode {
     match config::load(path, &config::process_env) {
         Ok(c) => {
+            for w in &c.warnings {
+                out(&format!(
+                    "{}\n",
+                    w.to_string().replacen(": error: ", ": warning: ", 1)
+                ));
+            }
             out(&format!(
                 "{}: valid ({} listener(s), {} cluster(s), {} route(s))\n",
                 path.display(),
@@ -294,6 +300,9 @@ fn dev_certs(dir: &Path) -> ExitCode {
 }
 
 async fn start(checked: Checked) -> Result<Running, String> {
+    for w in &checked.warnings {
+        tracing::warn!(warning = %w, "configuration warning");
+    }
     let metrics = Metrics::new().map_err(|e| e.to_string())?;
     let runtime = config::compile(checked, &metrics)?;
     metrics.record_reload(true);

@@ -128,6 +128,8 @@ pub struct Principal {
     pub bound_to: Option<[u8; 32]>,
     /// Header values for the backend, prepared once per token.
     pub headers: PrincipalHeaders,
+    /// Scopes, roles and permissions as authorization bit sets, computed on first use.
+    pub authz_bits: std::sync::OnceLock<crate::authz::CallerBits>,
 }
 
 /// `X-Portcullis-*` values derived from a principal (absent when a value is not header-safe).
@@ -728,34 +730,56 @@ impl Verifier {
                 Some(raw)
             }
         };
+        let mut p = Principal::from_claims(index, issuer.name.clone(), &issuer.claims, claims);
+        p.exp = exp;
+        p.nbf = nbf;
+        p.bound_to = bound_to;
+        Ok(p)
+    }
+}
+
+impl Principal {
+    /// A principal from claims as given (for `portcullis explain` and tests: nothing here is
+    /// verified): subject, tenant, scopes and roles through `map`.
+    pub fn from_claims(
+        issuer_index: usize,
+        issuer: Arc<str>,
+        map: &ClaimMap,
+        claims: Map<String, Value>,
+    ) -> Self {
         let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
         let tenant = claims
-            .get(&issuer.claims.tenant)
+            .get(&map.tenant)
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let scopes = string_list(claims.get(&issuer.claims.scopes));
-        let roles = string_list(claims.get(&issuer.claims.roles));
+        let scopes = string_list(claims.get(&map.scopes));
+        let roles = string_list(claims.get(&map.roles));
         let headers = PrincipalHeaders {
             subject: subject.as_deref().and_then(safe_header),
             tenant: tenant.as_deref().and_then(safe_header),
             scopes: (!scopes.is_empty())
                 .then(|| safe_header(&scopes.join(" ")))
                 .flatten(),
-            issuer: safe_header(&issuer.name),
+            issuer: safe_header(&issuer),
         };
-        Ok(Principal {
-            issuer_index: index,
-            issuer: issuer.name.clone(),
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .unwrap_or(i64::MAX);
+        Principal {
+            issuer_index,
+            issuer,
             subject,
             tenant,
             scopes,
             roles,
             claims,
             exp,
-            nbf,
-            bound_to,
+            nbf: None,
+            bound_to: None,
             headers,
-        })
+            authz_bits: std::sync::OnceLock::new(),
+        }
     }
 }
 

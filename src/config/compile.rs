@@ -29,6 +29,8 @@ pub struct Runtime {
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// Token verification (issuers, keys, verified-token cache), when issuers are configured.
     pub verifier: Option<Arc<crate::authn::jwt::Verifier>>,
+    /// Authorization tables, ownership lookups and the audit log.
+    pub authz: crate::authz::AuthzRuntime,
     /// The settings this was compiled from (listeners, admin, limits).
     pub settings: Checked,
 }
@@ -96,6 +98,7 @@ pub fn compile(checked: Checked, metrics: &Metrics) -> Result<Runtime, String> {
                 issuers: r.jwt_issuers.clone().map(Into::into),
                 require_bound: r.require_bound_tokens,
             },
+            authz: r.authz.clone().map(Arc::new),
             metrics: Arc::new(crate::observe::metrics::RouteMetrics::new(
                 r.name.as_str().into(),
             )),
@@ -126,11 +129,20 @@ pub fn compile(checked: Checked, metrics: &Metrics) -> Result<Runtime, String> {
             Verifier::new(issuers, checked.jwt.max_token_bytes, checked.jwt.cache).counted(metrics),
         )
     });
+    let authz = crate::authz::AuthzRuntime {
+        tables: checked.tables.clone(),
+        lookups: Arc::new(crate::authz::lookup::Lookups::new(
+            checked.authz.redis_url.as_deref(),
+            checked.authz.cache_entries,
+        )?),
+        audit: crate::authz::audit::Audit::start(&checked.authz.audit, metrics)?,
+    };
     Ok(Runtime {
         router,
         trusted_proxies: checked.trusted_proxies.clone(),
         clusters,
         verifier,
+        authz,
         settings: checked,
     })
 }

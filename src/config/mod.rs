@@ -6,6 +6,7 @@
 //! every `*.yaml`/`*.yml` file in that folder (recursively, in name order) holds routes.
 
 pub mod auth;
+pub mod authz;
 pub mod compile;
 pub mod raw;
 pub mod reload;
@@ -207,11 +208,12 @@ pub fn load_sources(
         valid: &part.issuers,
         declared: &part.issuer_names,
     };
-    let routes = validate::check_policies(
+    let (routes, tables, warnings) = validate::check_policies(
         &parsed,
         &part.clusters,
         &declared,
         &issuer_names,
+        part.authz.redis_url.is_some(),
         &mut errors,
     );
     // A line blanked to get past a syntax error leaves its item short of a key; that is the
@@ -239,6 +241,9 @@ pub fn load_sources(
         workers: part.workers,
         issuers: part.issuers,
         jwt: part.jwt,
+        authz: part.authz,
+        tables,
+        warnings,
     })
 }
 

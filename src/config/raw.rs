@@ -246,6 +246,164 @@ pub struct RawRoute {
     pub auth: Option<RawAuth>,
     /// Token rules of the route (`auth: jwt` or `jwt_and_mtls`).
     pub jwt: Option<RawRouteJwt>,
+    /// Authorization rules (RBAC, tenant isolation, object ownership).
+    pub authz: Option<RawAuthz>,
+}
+
+/// `enforce` (default) or `report` (evaluate, log and count would-denies, allow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawMode {
+    /// Deny when the rule fails.
+    #[default]
+    Enforce,
+    /// Only report.
+    Report,
+}
+
+/// A set requirement on scopes, roles or permissions.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSetRule {
+    /// Every one of these.
+    #[serde(default)]
+    pub all_of: Vec<String>,
+    /// At least one of these.
+    #[serde(default)]
+    pub any_of: Vec<String>,
+    /// Enforce or report.
+    #[serde(default)]
+    pub mode: RawMode,
+}
+
+/// Tenant isolation: a path parameter must equal the caller's tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantRule {
+    /// The path parameter.
+    pub param: String,
+    /// Enforce or report.
+    #[serde(default)]
+    pub mode: RawMode,
+}
+
+/// A lookup in Redis: `SISMEMBER <key> <id>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedisLookup {
+    /// Key template, e.g. `owner:{tenant}:accounts`.
+    pub key: String,
+    /// Per lookup.
+    pub timeout: Option<Dur>,
+    /// How long a yes is cached.
+    pub positive_ttl: Option<Dur>,
+    /// How long a no is cached.
+    pub negative_ttl: Option<Dur>,
+}
+
+/// A lookup over HTTP: GET the URL, owned when the status is `expect_status`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpLookup {
+    /// URL template, e.g. `http://owners.internal/v1/{tenant}/accounts/{id}`.
+    pub url: String,
+    /// The status that means "owned" (default 200).
+    pub expect_status: Option<u16>,
+    /// Per lookup.
+    pub timeout: Option<Dur>,
+    /// How long a yes is cached.
+    pub positive_ttl: Option<Dur>,
+    /// How long a no is cached.
+    pub negative_ttl: Option<Dur>,
+}
+
+/// One object reference and the rule its id must satisfy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOwnershipRule {
+    /// The id is this path parameter.
+    pub path: Option<String>,
+    /// The id is this query parameter.
+    pub query: Option<String>,
+    /// The id is at this JSON Pointer in the body.
+    pub body: Option<String>,
+    /// The id must be in this array claim.
+    pub claim_contains: Option<String>,
+    /// The id must equal this claim.
+    pub claim_equals: Option<String>,
+    /// The id must match this pattern built from claims (`{tenant}-*`).
+    pub template: Option<String>,
+    /// Redis set membership.
+    pub redis: Option<RawRedisLookup>,
+    /// An ownership service.
+    pub http: Option<RawHttpLookup>,
+}
+
+/// Object-ownership (BOLA) rules.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOwnership {
+    /// Every rule must hold.
+    #[serde(default)]
+    pub all_of: Vec<RawOwnershipRule>,
+    /// At least one rule must hold.
+    #[serde(default)]
+    pub any_of: Vec<RawOwnershipRule>,
+    /// 404 (default: ids cannot be probed) or 403.
+    pub deny_status: Option<u16>,
+    /// Largest body read for body references (default 64 KiB).
+    pub max_body_bytes: Option<usize>,
+    /// Enforce or report.
+    #[serde(default)]
+    pub mode: RawMode,
+}
+
+/// A route's authorization rules.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthz {
+    /// Any authenticated caller (explicit; for routes with no finer rule).
+    #[serde(default)]
+    pub authenticated: bool,
+    /// Token scopes.
+    pub scopes: Option<RawSetRule>,
+    /// Token roles.
+    pub roles: Option<RawSetRule>,
+    /// Permissions granted by the token's roles.
+    pub permissions: Option<RawSetRule>,
+    /// Tenant isolation.
+    pub tenant: Option<RawTenantRule>,
+    /// Object ownership.
+    pub ownership: Option<RawOwnership>,
+}
+
+/// Shared Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://host:port/db`.
+    pub url: String,
+}
+
+/// Ownership answer cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOwnershipCache {
+    /// Most cached answers (0: off).
+    pub max_entries: Option<usize>,
+}
+
+/// The audit log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// `stdout`, `off` or a file path (appended).
+    pub path: Option<String>,
+    /// Bounded queue between requests and the writer.
+    pub queue: Option<usize>,
+    /// Refuse writes (503) that cannot be audited.
+    #[serde(default)]
+    pub required: bool,
 }
 
 /// A route's authentication mode.
@@ -367,9 +525,12 @@ pub const GATEWAY_KEYS: &[&str] = &[
     "workers",
     "issuers",
     "jwt",
+    "redis",
+    "ownership_cache",
+    "audit",
 ];
 /// Top-level keys of a policies file.
-pub const POLICY_KEYS: &[&str] = &["routes"];
+pub const POLICY_KEYS: &[&str] = &["routes", "roles"];
 
 #[cfg(test)]
 mod tests {

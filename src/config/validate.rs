@@ -88,6 +88,8 @@ pub struct RouteSettings {
     pub jwt_issuers: Option<Vec<usize>>,
     /// Tokens must be certificate-bound.
     pub require_bound_tokens: bool,
+    /// Authorization rules (`None`: public, or mTLS identities only).
+    pub authz: Option<crate::authz::RouteAuthz>,
 }
 
 /// The whole configuration after validation.
@@ -119,6 +121,12 @@ pub struct Checked {
     pub issuers: Vec<super::auth::IssuerSettings>,
     /// Global token settings.
     pub jwt: super::auth::JwtSettings,
+    /// Redis, ownership cache and audit settings.
+    pub authz: super::authz::AuthzSettings,
+    /// Interned scopes, roles and permissions (role → permissions from `roles:`).
+    pub tables: crate::authz::Tables,
+    /// Problems that do not stop the config (printed by `validate`, logged at load).
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Suggests the candidate closest to `word`, if any is close.
@@ -295,6 +303,7 @@ pub(super) struct GatewayPart {
     pub issuers: Vec<super::auth::IssuerSettings>,
     pub issuer_names: Vec<String>,
     pub jwt: super::auth::JwtSettings,
+    pub authz: super::authz::AuthzSettings,
 }
 
 pub(super) fn check_gateway(
@@ -497,6 +506,7 @@ pub(super) fn check_gateway(
     }
     let (issuers, issuer_names) = super::auth::check_issuers(&mut ctx, root);
     let jwt = super::auth::check_jwt(&mut ctx, root);
+    let authz = super::authz::check_gateway_authz(&mut ctx, root);
     GatewayPart {
         listeners,
         admin,
@@ -511,6 +521,7 @@ pub(super) fn check_gateway(
         issuers,
         issuer_names,
         jwt,
+        authz,
     }
 }
 
@@ -805,9 +816,21 @@ pub(super) fn check_policies(
     clusters: &[ClusterSettings],
     declared_clusters: &[String],
     issuers: &super::auth::IssuerNames<'_>,
+    redis: bool,
     errors: &mut Vec<ConfigError>,
-) -> Vec<RouteSettings> {
+) -> (Vec<RouteSettings>, crate::authz::Tables, Vec<ConfigError>) {
     let mut routes = Vec::new();
+    let mut tables = crate::authz::Tables::default();
+    let mut warnings = Vec::new();
+    let mut role_names = Vec::new();
+    for (file, root) in files {
+        let mut ctx = Ctx {
+            file: file.name.clone(),
+            errors,
+            base: Path::new("."),
+        };
+        role_names.extend(super::authz::check_roles(&mut ctx, root, &mut tables));
+    }
     let mut names: HashMap<String, Origin> = HashMap::new();
     // (host, shape) → method → origin
     let mut shapes: HashMap<(Option<String>, String), HashMap<Method, Origin>> = HashMap::new();
@@ -836,6 +859,12 @@ pub(super) fn check_policies(
             let Some(r) = ctx.decode::<RawRoute>(node, &path) else {
                 continue;
             };
+            let mut ac = super::authz::AuthzContext {
+                tables: &mut tables,
+                roles: &role_names,
+                redis,
+                warnings: &mut warnings,
+            };
             if let Some(s) = check_route(
                 &mut ctx,
                 node,
@@ -844,6 +873,7 @@ pub(super) fn check_policies(
                 clusters,
                 declared_clusters,
                 issuers,
+                &mut ac,
                 &mut names,
                 &mut shapes,
             ) {
@@ -851,7 +881,7 @@ pub(super) fn check_policies(
             }
         }
     }
-    routes
+    (routes, tables, warnings)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -863,6 +893,7 @@ fn check_route(
     clusters: &[ClusterSettings],
     declared: &[String],
     issuers: &super::auth::IssuerNames<'_>,
+    ac: &mut super::authz::AuthzContext<'_>,
     names: &mut HashMap<String, Origin>,
     shapes: &mut HashMap<(Option<String>, String), HashMap<Method, Origin>>,
 ) -> Option<RouteSettings> {
@@ -1094,10 +1125,32 @@ fn check_route(
         mtls = Some(patterns);
     }
     let auth = super::auth::check_route_auth(ctx, node, path, &r, issuers);
+    let params: Vec<String> = template
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Param(p) => Some(p.clone()),
+            Segment::Static(_) => None,
+        })
+        .collect();
+    let authz = match &auth {
+        Some((mode, _, _)) => super::authz::check_route_authz(
+            ctx,
+            node,
+            path,
+            *mode,
+            r.mtls.is_some(),
+            &params,
+            r.authz.as_ref(),
+            ac,
+        ),
+        None => None,
+    };
     let cluster = cluster?;
     let c = &clusters[cluster];
     let (auth, jwt_issuers, require_bound_tokens) = auth?;
+    let authz = authz?;
     ok.then(|| RouteSettings {
+        authz,
         mtls,
         auth,
         jwt_issuers,

@@ -156,6 +156,16 @@ Try these (each response carries X-Request-Id; errors are application/problem+js
   # bob's view of his account (200); the backend sees X-Portcullis-Subject/-Tenant/-Scopes
   curl -si $CERTS https://localhost:{port}/v1/accounts/acc-200 -H "Authorization: Bearer $BOB"
 
+  # object ownership (BOLA): alice may not read bob's account, nor pay from it — 404, so ids
+  # cannot be probed; bob's token lacks payments:write — 403 naming the scope
+  curl -si $CERTS https://localhost:{port}/v1/accounts/acc-200 -H "Authorization: Bearer $ALICE"
+  curl -si $CERTS https://localhost:{port}/v1/payments -H "Authorization: Bearer $ALICE" \
+    -H 'Content-Type: application/json' \
+    -d '{{"from_account": "acc-200", "to_account": "acc-100", "amount": "125.40", "currency": "EUR"}}'
+  curl -si $CERTS https://localhost:{port}/v1/payments -H "Authorization: Bearer $BOB" \
+    -H 'Content-Type: application/json' \
+    -d '{{"from_account": "acc-200", "to_account": "acc-100", "amount": "1.00", "currency": "EUR"}}'
+
   # no token, an expired token, a tampered token: 401 with WWW-Authenticate and the reason
   curl -si $CERTS https://localhost:{port}/v1/accounts/acc-100
   curl -si $CERTS https://localhost:{port}/v1/accounts/acc-100 -H "Authorization: Bearer $EXPIRED"

@@ -67,6 +67,12 @@ pub struct MetricsInner {
     pub jwks_keys: IntGaugeVec,
     /// 1 while an issuer's JWKS fetches fail and its last good keys serve.
     pub jwks_stale: IntGaugeVec,
+    /// Authorization decisions by deciding rule and result (`allow`, `deny`, `would_deny`).
+    pub authz_decisions: IntCounterVec,
+    /// Ownership checks that did not confirm ownership, by kind.
+    pub ownership_failures: IntCounterVec,
+    /// Audit records by result (`written`, `dropped`, `failed`).
+    pub audit: IntCounterVec,
 }
 
 impl std::fmt::Debug for MetricsInner {
@@ -221,6 +227,27 @@ impl Metrics {
             ),
             &["issuer"],
         )?;
+        let authz_decisions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_authz_decisions_total",
+                "Authorization decisions, by deciding rule and result.",
+            ),
+            &["rule", "result"],
+        )?;
+        let ownership_failures = IntCounterVec::new(
+            Opts::new(
+                "portcullis_ownership_failures_total",
+                "Ownership checks that did not confirm ownership, by kind (not_owned, missing_ref, lookup_error, timeout).",
+            ),
+            &["kind"],
+        )?;
+        let audit = IntCounterVec::new(
+            Opts::new(
+                "portcullis_audit_records_total",
+                "Audit records, by result (written, dropped, failed).",
+            ),
+            &["result"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "portcullis_build_info",
@@ -254,6 +281,9 @@ impl Metrics {
         registry.register(Box::new(jwks_fetches.clone()))?;
         registry.register(Box::new(jwks_keys.clone()))?;
         registry.register(Box::new(jwks_stale.clone()))?;
+        registry.register(Box::new(authz_decisions.clone()))?;
+        registry.register(Box::new(ownership_failures.clone()))?;
+        registry.register(Box::new(audit.clone()))?;
         Ok(Self(Arc::new(MetricsInner {
             registry,
             none_route: RouteMetrics::new("none".into()),
@@ -276,6 +306,9 @@ impl Metrics {
             jwks_fetches,
             jwks_keys,
             jwks_stale,
+            authz_decisions,
+            ownership_failures,
+            audit,
         })))
     }
 

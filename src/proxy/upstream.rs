@@ -235,6 +235,8 @@ pub struct Route {
     pub mtls: Option<Arc<[crate::tls::identity::IdentityPattern]>>,
     /// How callers authenticate.
     pub auth: crate::authn::RouteAuth,
+    /// What authenticated callers may do (`None`: a public route).
+    pub authz: Option<Arc<crate::authz::RouteAuthz>>,
     /// The route's metric handles.
     pub metrics: Arc<crate::observe::metrics::RouteMetrics>,
 }
@@ -280,6 +282,7 @@ impl Route {
             request_timeout: Duration::from_secs(1),
             mtls: None,
             auth: crate::authn::RouteAuth::default(),
+            authz: None,
             metrics: Arc::new(crate::observe::metrics::RouteMetrics::new(name.into())),
         }
     }

@@ -9,7 +9,9 @@
 //! 6. [`ROUTER_LAYER`] — host + method + path → route, or 404/405 (stage 5).
 //! 7. [`AuthnLayer`] — the route's `auth` rule: bearer token (JWT via JWKS) and/or mTLS
 //!    identity; verified identity headers upstream (stage 7).
-//! 8. [`Forward`] — the upstream call (stage 11).
+//! 8. [`AuthzLayer`] — scopes/roles/permissions, tenant isolation, object ownership (BOLA),
+//!    report-only rules, the audit log (stage 8).
+//! 9. [`Forward`] — the upstream call (stage 11).
 //!
 //! Later stages (authentication, authorization, rate limits, body checks) slot in between the
 //! router and the forwarder, here and nowhere else.
@@ -23,6 +25,7 @@ use tower::util::BoxCloneService;
 
 use crate::Body;
 use crate::authn::AuthnLayer;
+use crate::authz::AuthzLayer;
 use crate::config::reload::ConfigLayer;
 use crate::observe::ObserveLayer;
 use crate::observe::request_id::RequestIdLayer;
@@ -48,6 +51,7 @@ pub fn build(shared: &Arc<Shared>, access_log: bool) -> Pipeline {
         .layer(HygieneLayer)
         .layer(ROUTER_LAYER)
         .layer(AuthnLayer::new(metrics.clone()))
+        .layer(AuthzLayer::new(metrics.clone()))
         .service(Forward::new(metrics));
     BoxCloneService::new(svc)
 }

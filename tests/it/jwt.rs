@@ -30,6 +30,7 @@ const ROUTES: &str = "routes:
     path: /v1/accounts/{account_id}
     cluster: main
     auth: jwt
+    authz: { authenticated: true }
   - name: status
     methods: [GET]
     path: /v1/status
@@ -953,11 +954,13 @@ const TLS_ROUTES: &str = "routes:
     path: /v1/accounts/{account_id}
     cluster: main
     auth: jwt
+    authz: { authenticated: true }
   - name: payments
     methods: [GET]
     path: /v1/payments
     cluster: main
     auth: jwt
+    authz: { authenticated: true }
     jwt:
       require_bound_tokens: true
   - name: reports

@@ -5,11 +5,13 @@
 
 mod support;
 
+mod authz;
 mod cli;
 mod correlation;
 mod errors;
 mod jwt;
 mod limits;
+mod lookup;
 mod observe;
 mod proxy;
 mod reload;

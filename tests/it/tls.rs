@@ -18,20 +18,20 @@ use tokio::net::TcpStream;
 use crate::support::*;
 
 /// The certificates of one test.
-struct Pki {
-    dir: TempDir,
-    ca: DevCa,
-    client: Issued,
-    service: Issued,
-    expired: Issued,
-    revoked: Issued,
-    rogue: Issued,
+pub(crate) struct Pki {
+    pub(crate) dir: TempDir,
+    pub(crate) ca: DevCa,
+    pub(crate) client: Issued,
+    pub(crate) service: Issued,
+    pub(crate) expired: Issued,
+    pub(crate) revoked: Issued,
+    pub(crate) rogue: Issued,
     /// A certificate from the trusted CA but for servers only (no clientAuth EKU).
-    server_only: Issued,
+    pub(crate) server_only: Issued,
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = TempDir::new();
         let ca = DevCa::new("Test CA").unwrap();
         let server = ca
@@ -78,12 +78,12 @@ impl Pki {
         }
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
 
     /// A `tls:` block for a listener.
-    fn listener_tls(&self, client_auth: &str) -> String {
+    pub(crate) fn listener_tls(&self, client_auth: &str) -> String {
         format!(
             "    tls:\n      certificates:\n        - cert: {}\n          key: {}\n      client_auth: {client_auth}\n      client_ca: [{}]\n      crl: [{}]\n",
             self.path("server.pem"),
@@ -216,11 +216,23 @@ impl TlsConn {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<(Resp, http::Version), String> {
-        let mut b = Request::get(format!("https://localhost{path}"));
+        self.send("GET", path, headers, Bytes::new()).await
+    }
+
+    pub(crate) async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<(Resp, http::Version), String> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("https://localhost{path}"));
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let req = b.body(Full::new(Bytes::new())).unwrap();
+        let req = b.body(Full::new(body)).unwrap();
         let res = match (&mut self.h1, &mut self.h2) {
             (Some(s), _) => {
                 s.ready().await.map_err(|e| e.to_string())?;

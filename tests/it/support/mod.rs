@@ -5,6 +5,7 @@
 
 pub mod jwt;
 pub mod prom;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
