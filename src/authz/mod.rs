@@ -17,9 +17,11 @@
 //! counted and audited, but the request goes on.
 
 pub mod audit;
+pub mod explain;
 pub mod lookup;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
@@ -1013,5 +1015,24 @@ mod tests {
         assert!(!have.contains_all(&need));
         assert!(have.intersects(&need));
         assert!(!Bits::default().intersects(&need));
+    }
+}
+
+/// Decides at once when no rule needs to wait (claim-based rules only: no lookup); `None`
+/// when a lookup would have to be awaited. For benchmarks and `explain`.
+pub fn decide_now(
+    rules: &RouteAuthz,
+    rt: &AuthzRuntime,
+    m: &RouteMatch,
+    principal: Option<&Principal>,
+    query: Option<&str>,
+    body: Option<&serde_json::Value>,
+    metrics: &Metrics,
+) -> Option<(Trace, Result<(), (&'static str, AuthzError)>)> {
+    let fut = std::pin::pin!(explain(rules, rt, m, principal, query, body, metrics));
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match fut.poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
     }
 }

@@ -136,13 +136,22 @@ fn token(
 /// Starts the world; `audit` is the `audit:` block's extra keys (the path is set here unless
 /// `audit_path` is given).
 async fn world(audit: &str, audit_path: Option<std::path::PathBuf>) -> World {
+    world_with(ROUTES, audit, audit_path, "").await
+}
+
+async fn world_with(
+    routes: &str,
+    audit: &str,
+    audit_path: Option<std::path::PathBuf>,
+    gateway_extra: &str,
+) -> World {
     let pki = Pki::new();
     portcullis::authn::devtools::write_dev_keys(pki.dir.path()).unwrap();
     let key = DevKey::read(&pki.dir.path().join("jwt-es256-key.pem")).unwrap();
     let backend = Backend::start("main").await;
     let audit_path = audit_path.unwrap_or_else(|| pki.dir.path().join("audit.jsonl"));
     let extra = format!(
-        "issuers:\n  acme-idp:\n    issuer: {ISS}\n    audiences: [finance-api]\n    jwks:\n      file: {}\n    algorithms: [ES256]\naudit:\n  path: {}\n{audit}",
+        "{gateway_extra}issuers:\n  acme-idp:\n    issuer: {ISS}\n    audiences: [finance-api]\n    jwks:\n      file: {}\n    algorithms: [ES256]\naudit:\n  path: {}\n{audit}",
         pki.path("jwks.json"),
         audit_path.display()
     );
@@ -152,7 +161,7 @@ async fn world(audit: &str, audit_path: Option<std::path::PathBuf>) -> World {
         &format!("    address: 127.0.0.1:0\n{}", pki.listener_tls("optional")),
         1,
     );
-    let gw = Gateway::start(&gateway, ROUTES).await;
+    let gw = Gateway::start(&gateway, routes).await;
     World {
         gw,
         pki,
@@ -605,4 +614,157 @@ fn routes_that_authenticate_must_say_what_callers_may_do() {
         w.contains("role `teler` is not defined") && w.contains("did you mean `teller`?"),
         "{w}"
     );
+}
+
+fn failures(samples: &[prom::Sample], kind: &str) -> f64 {
+    prom::value(
+        samples,
+        "portcullis_ownership_failures_total",
+        &[("kind", kind)],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn redis_ownership_follows_the_set_and_fails_closed_when_redis_is_down() {
+    let mut redis = crate::support::redis::RedisServer::start();
+    let routes = "routes:\n  - name: ledger\n    methods: [GET]\n    path: /v1/ledgers/{ledger_id}\n    cluster: main\n    auth: jwt\n    authz:\n      ownership:\n        all_of:\n          - path: ledger_id\n            redis: { key: \"owner:{tenant}:ledgers\", timeout: 300ms, positive_ttl: 300ms, negative_ttl: 300ms }\n";
+    let w = world_with(
+        routes,
+        "",
+        None,
+        &format!("redis:\n  url: {}\n", redis.url()),
+    )
+    .await;
+    let alice = token(&w.key, "alice@acme", "acme", "", &[], json!({}));
+    let get = || {
+        w.call(
+            Some(&w.pki.client),
+            "GET",
+            "/v1/ledgers/led-1",
+            Some(&alice),
+            b"",
+        )
+    };
+    assert_eq!(get().await.status, 404, "not in the set");
+    redis.cmd(&["SADD", "owner:acme:ledgers", "led-1"]);
+    eventually(
+        "the new member to be seen after the negative TTL",
+        std::time::Duration::from_secs(3),
+        || async { get().await.status == 200 },
+    )
+    .await;
+    redis.cmd(&["SREM", "owner:acme:ledgers", "led-1"]);
+    eventually(
+        "the removal to be seen after the positive TTL",
+        std::time::Duration::from_secs(3),
+        || async { get().await.status == 404 },
+    )
+    .await;
+    let hits = w.hits();
+    redis.stop();
+    std::thread::sleep(std::time::Duration::from_millis(350)); // past every cached answer
+    let started = std::time::Instant::now();
+    assert_eq!(get().await.status, 404, "Redis down: denied");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(w.hits(), hits);
+    let samples = prom::parse(&w.gw.metrics().await).unwrap();
+    assert!(failures(&samples, "lookup_error") + failures(&samples, "timeout") >= 1.0);
+    assert!(failures(&samples, "not_owned") >= 2.0);
+}
+
+#[tokio::test]
+async fn an_http_ownership_service_is_asked_once_per_ttl_and_failures_deny() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let c = calls.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            let c = c.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        let path = req.uri().path().to_owned();
+                        async move {
+                            if path.ends_with("/slow") {
+                                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                            }
+                            let status = if path == "/owners/acme/doc-1" {
+                                200
+                            } else {
+                                404
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let routes = format!(
+        "routes:\n  - name: doc\n    methods: [GET]\n    path: /v1/docs/{{doc_id}}\n    cluster: main\n    auth: jwt\n    authz:\n      ownership:\n        all_of:\n          - path: doc_id\n            http: {{ url: \"http://{addr}/owners/{{tenant}}/{{id}}\", expect_status: 200, timeout: 300ms, positive_ttl: 60s, negative_ttl: 60s }}\n"
+    );
+    let w = world_with(&routes, "", None, "").await;
+    let alice = token(&w.key, "alice@acme", "acme", "", &[], json!({}));
+    let get = |id: &'static str| {
+        w.call(
+            Some(&w.pki.client),
+            "GET",
+            if id == "doc-1" {
+                "/v1/docs/doc-1"
+            } else if id == "doc-2" {
+                "/v1/docs/doc-2"
+            } else {
+                "/v1/docs/slow"
+            },
+            Some(&alice),
+            b"",
+        )
+    };
+    assert_eq!(get("doc-1").await.status, 200, "allowed");
+    assert_eq!(get("doc-1").await.status, 200, "allowed, from the cache");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one call within the TTL");
+    assert_eq!(get("doc-2").await.status, 404, "denied");
+    let started = std::time::Instant::now();
+    assert_eq!(get("slow").await.status, 404, "slow → timeout → deny");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    server.abort();
+    let _ = server.await;
+    // Down: a question not cached yet fails closed.
+    let r = w
+        .call(
+            Some(&w.pki.client),
+            "GET",
+            "/v1/docs/doc-3",
+            Some(&alice),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 404, "down → deny");
+    let samples = prom::parse(&w.gw.metrics().await).unwrap();
+    assert!(failures(&samples, "timeout") >= 1.0);
+    assert!(failures(&samples, "not_owned") >= 1.0);
+    assert_eq!(w.hits(), 2);
 }
