@@ -376,6 +376,9 @@ pub struct AuthzRuntime {
     pub audit: Audit,
 }
 
+/// A decision: allowed, or the deciding rule and the refusal.
+pub type Verdict = Result<(), (&'static str, AuthzError)>;
+
 /// A refusal.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{detail}")]
@@ -959,7 +962,7 @@ pub async fn explain(
     query: Option<&str>,
     body: Option<&serde_json::Value>,
     metrics: &Metrics,
-) -> (Trace, Result<(), (&'static str, AuthzError)>) {
+) -> (Trace, Verdict) {
     let mut trace = Trace::default();
     let mut verdict = settle(
         check_rbac(rules, rt, principal, m, &mut trace),
@@ -983,6 +986,25 @@ pub async fn explain(
         verdict = settle(outcome, metrics, &mut trace);
     }
     (trace, verdict)
+}
+
+/// Decides at once when no rule needs to wait (claim-based rules only: no lookup); `None`
+/// when a lookup would have to be awaited. For benchmarks and `explain`.
+pub fn decide_now(
+    rules: &RouteAuthz,
+    rt: &AuthzRuntime,
+    m: &RouteMatch,
+    principal: Option<&Principal>,
+    query: Option<&str>,
+    body: Option<&serde_json::Value>,
+    metrics: &Metrics,
+) -> Option<(Trace, Verdict)> {
+    let fut = std::pin::pin!(explain(rules, rt, m, principal, query, body, metrics));
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match fut.poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
 }
 
 #[cfg(test)]
@@ -1015,24 +1037,5 @@ mod tests {
         assert!(!have.contains_all(&need));
         assert!(have.intersects(&need));
         assert!(!Bits::default().intersects(&need));
-    }
-}
-
-/// Decides at once when no rule needs to wait (claim-based rules only: no lookup); `None`
-/// when a lookup would have to be awaited. For benchmarks and `explain`.
-pub fn decide_now(
-    rules: &RouteAuthz,
-    rt: &AuthzRuntime,
-    m: &RouteMatch,
-    principal: Option<&Principal>,
-    query: Option<&str>,
-    body: Option<&serde_json::Value>,
-    metrics: &Metrics,
-) -> Option<(Trace, Result<(), (&'static str, AuthzError)>)> {
-    let fut = std::pin::pin!(explain(rules, rt, m, principal, query, body, metrics));
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match fut.poll(&mut cx) {
-        Poll::Ready(v) => Some(v),
-        Poll::Pending => None,
     }
 }
