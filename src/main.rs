@@ -43,6 +43,40 @@ enum Command {
     },
     /// Run the reference finance API and the gateway in front of it, on loopback.
     Demo,
+    /// Explain why a request would be allowed or denied (exit 0 allow, 1 deny, 2 error).
+    Explain {
+        /// The gateway file (it names the policies folder).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The request method.
+        #[arg(long)]
+        method: String,
+        /// The request path, optionally with `?query`.
+        #[arg(long)]
+        path: String,
+        /// The `Host` header (for host-specific routes).
+        #[arg(long)]
+        host: Option<String>,
+        /// The token's claims as a JSON object (taken as verified).
+        #[arg(long)]
+        claims: Option<String>,
+        /// The issuer whose claim map reads the claims (default: the first configured).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// A file holding the JSON request body.
+        #[arg(long)]
+        body: Option<PathBuf>,
+        /// The client certificate (PEM) for mTLS routes.
+        #[arg(long)]
+        client_cert: Option<PathBuf>,
+        /// An ownership lookup answer: `redis <key> <member>=yes|no` or `http <url>=yes|no`;
+        /// repeatable. Unanswered lookups then fail (deny) instead of asking Redis/HTTP.
+        #[arg(long = "lookup")]
+        lookups: Vec<String>,
+        /// Ask no Redis or ownership service: lookups not answered by `--lookup` fail.
+        #[arg(long)]
+        offline: bool,
+    },
     /// Write a development CA and certificates (server, client, SPIFFE service, rogue) into DIR.
     DevCerts {
         /// Output folder (created if missing).
@@ -130,6 +164,41 @@ fn main() -> ExitCode {
             Command::Validate { config } => validate(&config),
             Command::Run { config } => run(&config).await,
             Command::Demo => demo().await,
+            Command::Explain {
+                config,
+                method,
+                path,
+                host,
+                claims,
+                issuer,
+                body,
+                client_cert,
+                lookups,
+                offline,
+            } => {
+                let args = portcullis::authz::explain::ExplainArgs {
+                    config,
+                    method,
+                    path,
+                    host,
+                    claims,
+                    issuer,
+                    body,
+                    client_cert,
+                    lookups,
+                    offline,
+                };
+                match portcullis::authz::explain::run(args).await {
+                    Ok(report) => {
+                        out(&report.to_string());
+                        ExitCode::from(if report.allowed() { 0 } else { 1 })
+                    }
+                    Err(e) => {
+                        err(&e);
+                        ExitCode::from(2)
+                    }
+                }
+            }
             Command::DevCerts { dir } => dev_certs(&dir),
             Command::Backend { listen, fixed } => backend(listen, fixed).await,
             Command::DevJwks { keys } => dev_jwks(&keys),

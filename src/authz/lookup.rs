@@ -113,6 +113,8 @@ pub struct Lookups {
     hits: AtomicU64,
     calls: AtomicU64,
     errors: AtomicU64,
+    /// Answers given in advance (`portcullis explain`): no backend is asked.
+    offline: Option<Offline>,
 }
 
 impl std::fmt::Debug for Lookups {
@@ -156,6 +158,7 @@ impl Lookups {
             hits: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            offline: None,
         })
     }
 
@@ -165,7 +168,10 @@ impl Lookups {
     /// # Errors
     /// Any failure or timeout: the caller must deny.
     pub async fn ask(&self, q: &Question, policy: &LookupPolicy) -> Result<bool, LookupError> {
-        let result = self.ask_inner(q, policy).await;
+        let result = match &self.offline {
+            Some(o) => o.answer(q),
+            None => self.ask_inner(q, policy).await,
+        };
         if let Err(e) = &result {
             self.errors.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(question = ?q, error = %e, "ownership lookup failed");
@@ -707,6 +713,64 @@ fn https_config() -> Result<Arc<rustls::ClientConfig>, LookupError> {
         })
         .clone()
         .map_err(LookupError::Failed)
+}
+
+/// Answers given in advance, for `portcullis explain`: no backend is asked, and a question
+/// without an answer fails (the caller denies, as for an unreachable backend).
+struct Offline {
+    answers: HashMap<String, bool>,
+    /// Questions asked, in order, with their answers.
+    asked: Mutex<Vec<(String, Option<bool>)>>,
+}
+
+impl Offline {
+    fn answer(&self, q: &Question) -> Result<bool, LookupError> {
+        let key = q.offline_key();
+        let answer = self.answers.get(&key).copied();
+        self.asked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((key, answer));
+        answer.ok_or_else(|| LookupError::Failed("no offline answer for this question".into()))
+    }
+}
+
+impl Question {
+    /// The question as `portcullis explain --lookup` writes it: `redis <key> <member>` or
+    /// `http <url>`. Carries ids: for the operator's terminal, never for logs.
+    pub fn offline_key(&self) -> String {
+        match self {
+            Question::RedisSetMember { key, member } => format!("redis {key} {member}"),
+            Question::Http { url, .. } => format!("http {url}"),
+        }
+    }
+}
+
+impl Lookups {
+    /// Lookups answered only from `answers` (keyed by [`Question::offline_key`]); any other
+    /// question fails with [`LookupError::Failed`]. Nothing is cached or dialed.
+    ///
+    /// # Errors
+    /// None in practice (no Redis URL is parsed).
+    pub fn offline(answers: HashMap<String, bool>) -> Result<Self, String> {
+        let mut l = Self::new(None, 0)?;
+        l.offline = Some(Offline {
+            answers,
+            asked: Mutex::new(Vec::new()),
+        });
+        Ok(l)
+    }
+
+    /// The questions asked of offline lookups so far, with their answers (`None`: not
+    /// answered); empty for live lookups.
+    pub fn offline_asked(&self) -> Vec<(String, Option<bool>)> {
+        self.offline.as_ref().map_or_else(Vec::new, |o| {
+            o.asked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        })
+    }
 }
 
 #[cfg(test)]
