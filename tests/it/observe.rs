@@ -167,14 +167,14 @@ async fn the_demo_serves_the_reference_scenario_over_mtls() {
         .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["owner"], "alice@acme");
-    // The demo's BOLA rule: bob's account is not alice's (404, as the demo's curl shows).
-    let (r, _) = web.get("/v1/accounts/acc-200", &bearer).await.unwrap();
-    assert_eq!(r.status, 404);
     assert_eq!(
         r.json()["request_id"],
         "demo-1",
         "the backend echoes the id it received"
     );
+    // The demo's BOLA rule: bob's account is not alice's (404, as the demo's curl shows).
+    let (r, _) = web.get("/v1/accounts/acc-200", &bearer).await.unwrap();
+    assert_eq!(r.status, 404);
     assert_eq!(
         web.get("/v1/accounts/acc-100/transactions", &bearer)
             .await
