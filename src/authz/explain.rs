@@ -1,31 +1,35 @@
 //! `portcullis explain`: why a request would be allowed or denied, offline.
 //!
 //! Loads and compiles a config like `run` (nothing is bound, no request is sent), routes the
-//! request, then runs the checks the gateway would: the route's mTLS identities against a
-//! client certificate file, the token rules a verifier applies after the signature (issuer
-//! accepted by the route, required claims, RFC 8705 binding) against claims given as JSON, and
-//! the route's authorization rules through [`super::explain`]. Signatures, expiry, audiences
-//! and certificate chains are not checked: the claims and the certificate are taken as given.
+//! request, then runs the checks the gateway would, in its order:
+//! - a client certificate file (`--client-cert`) against the client CAs (and CRLs) of the
+//!   listeners that verify client certificates, then against the route's mTLS identities;
+//! - claims given as JSON (`--claims`, taken as verified: signature, expiry and audience are not
+//!   checked) against the rules a verifier applies after the signature: the route's issuers,
+//!   the issuer's required claims and RFC 8705 certificate binding;
+//! - the route's authorization rules, through [`super::explain`].
 //!
 //! Ownership lookups go to the configured Redis / ownership service, unless answers are given
 //! (`--lookup 'redis <key> <member>=yes'`, `--lookup 'http <url>=no'`) or `--offline` is set:
-//! then every lookup not answered counts as an error (deny), as an unreachable backend would.
+//! then a lookup not answered fails (deny), as an unreachable backend would.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::Method;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use serde_json::{Map, Value};
 
 use super::lookup::Lookups;
 use crate::authn::AuthMode;
 use crate::authn::jwt::{ClaimMap, Principal};
-use crate::config;
+use crate::config::{self, Checked};
 use crate::observe::metrics::Metrics;
-use crate::proxy::RouteMatch;
 use crate::proxy::router::RouteError;
+use crate::tls::ClientAuth;
 use crate::tls::identity::PeerIdentity;
 
 /// What to explain (the command line, parsed).
@@ -41,22 +45,22 @@ pub struct ExplainArgs {
     pub host: Option<String>,
     /// The token's claims, a JSON object.
     pub claims: Option<String>,
-    /// The issuer whose claim map applies (default: the first configured).
+    /// The issuer whose claim map reads the claims (default: the first configured).
     pub issuer: Option<String>,
     /// A file holding the JSON request body.
     pub body: Option<PathBuf>,
-    /// A PEM client certificate.
+    /// A PEM client certificate (leaf first, then any intermediates).
     pub client_cert: Option<PathBuf>,
     /// Lookup answers, `<question>=yes|no`.
     pub lookups: Vec<String>,
-    /// Answer lookups only from `lookups` (the others are errors).
+    /// Answer lookups only from `lookups` (the others fail).
     pub offline: bool,
 }
 
 /// One check and its result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckLine {
-    /// `mtls`, `token`, `scopes`, `ownership`, ...
+    /// `certificate`, `mtls`, `token`, `scopes`, `tenant`, `ownership`, ...
     pub rule: String,
     /// Whether it passed.
     pub passed: bool,
@@ -74,31 +78,35 @@ pub enum Decision {
     },
     /// The request is refused.
     Deny {
-        /// The rule that decided (`routing`, `mtls`, `token`, `scopes`, `ownership`, ...).
+        /// The rule that decided (`routing`, `certificate`, `mtls`, `token`, `scopes`, ...).
         rule: String,
-        /// The status the caller gets.
-        status: u16,
+        /// The status the caller gets (`None`: the TLS handshake is refused).
+        status: Option<u16>,
         /// What the caller is told.
         detail: String,
     },
 }
 
-/// Why a request would be allowed or denied. `Display` prints it for people.
+/// Why a request would be allowed or denied; `Display` prints it for people.
 #[derive(Debug, Clone)]
 pub struct ExplainReport {
     /// `POST /v1/payments`.
     pub request: String,
-    /// The matched route: (name, cluster, auth mode); `None` when none matched.
+    /// The matched route: (name, cluster, auth mode).
     pub route: Option<(String, String, &'static str)>,
+    /// Why no route matched.
+    pub no_route: Option<String>,
+    /// The route's path parameters.
+    pub params: Vec<(String, String)>,
     /// The caller, as the claims describe them.
     pub principal: Option<String>,
-    /// The certificate's identity, when one was given.
+    /// The client certificate's identity.
     pub certificate: Option<String>,
     /// Each check, in order.
     pub checks: Vec<CheckLine>,
-    /// Object ids the ownership rules looked at.
+    /// Object ids the ownership rules looked at (each once).
     pub object_ids: Vec<String>,
-    /// Offline lookups asked: (question, answer; `None`: not answered).
+    /// Offline lookups asked: (question, answer; `None`: not answered). `None` when live.
     pub lookups: Option<Vec<(String, Option<bool>)>>,
     /// Anything else worth knowing.
     pub notes: Vec<String>,
@@ -112,7 +120,7 @@ impl ExplainReport {
         matches!(self.decision, Decision::Allow { .. })
     }
 
-    fn deny(&mut self, rule: &str, status: u16, detail: impl Into<String>) {
+    fn deny(&mut self, rule: &str, status: Option<u16>, detail: impl Into<String>) {
         self.decision = Decision::Deny {
             rule: rule.to_owned(),
             status,
@@ -132,17 +140,25 @@ impl ExplainReport {
 impl fmt::Display for ExplainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "request: {}", self.request)?;
-        match &self.route {
-            Some((name, cluster, auth)) => {
+        match (&self.route, &self.no_route) {
+            (Some((name, cluster, auth)), _) => {
                 writeln!(f, "route: {name} (cluster {cluster}, auth {auth})")?;
             }
-            None => writeln!(f, "route: none")?,
+            (None, why) => writeln!(f, "route: none ({})", why.as_deref().unwrap_or("-"))?,
         }
-        if let Some(p) = &self.principal {
-            writeln!(f, "principal: {p}")?;
+        if !self.params.is_empty() {
+            let params: Vec<String> = self
+                .params
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            writeln!(f, "path parameters: {}", params.join(", "))?;
         }
         if let Some(c) = &self.certificate {
             writeln!(f, "certificate: {c}")?;
+        }
+        if let Some(p) = &self.principal {
+            writeln!(f, "principal: {p}")?;
         }
         if !self.checks.is_empty() {
             writeln!(f, "checks:")?;
@@ -164,7 +180,7 @@ impl fmt::Display for ExplainReport {
                     Some(false) => writeln!(f, "  {q} → no")?,
                     None => writeln!(
                         f,
-                        "  {q} → not answered (an error: add --lookup '{q}=yes' or '=no')"
+                        "  {q} → not answered: an error (add --lookup '{q}=yes' or '…=no')"
                     )?,
                 }
             }
@@ -188,7 +204,10 @@ impl fmt::Display for ExplainReport {
                 status,
                 detail,
             } => {
-                writeln!(f, "decision: deny ({rule}, {status})")?;
+                match status {
+                    Some(s) => writeln!(f, "decision: deny ({rule}, {s})")?,
+                    None => writeln!(f, "decision: deny ({rule}, TLS handshake refused)")?,
+                }
                 writeln!(f, "  the caller is told: {detail}")
             }
         }
@@ -211,6 +230,7 @@ fn parse_lookups(items: &[String]) -> Result<HashMap<String, bool>, String> {
         let bad = || {
             format!("--lookup `{item}`: write `redis <key> <member>=yes|no` or `http <url>=yes|no`")
         };
+        // The answer is after the last `=` (URLs may hold `=`).
         let (q, a) = item.rsplit_once('=').ok_or_else(bad)?;
         let answer = match a.trim() {
             "yes" | "true" => true,
@@ -219,7 +239,7 @@ fn parse_lookups(items: &[String]) -> Result<HashMap<String, bool>, String> {
         };
         let q = q.trim();
         let well_formed = match q.split_once(' ') {
-            Some(("redis", rest)) => rest.trim().split_once(' ').is_some(),
+            Some(("redis", rest)) => rest.trim().contains(' '),
             Some(("http", rest)) => !rest.trim().is_empty(),
             _ => false,
         };
@@ -231,16 +251,70 @@ fn parse_lookups(items: &[String]) -> Result<HashMap<String, bool>, String> {
     Ok(answers)
 }
 
-fn read_cert(path: &std::path::Path) -> Result<PeerIdentity, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let der = CertificateDer::from_pem_file(path).map_err(|e| {
-        format!(
-            "--client-cert `{}`: not a PEM certificate: {e}",
-            path.display()
-        )
-    })?;
-    PeerIdentity::from_der(&der).map_err(|e| format!("--client-cert `{}`: {e}", path.display()))
+/// The PEM chain in `path` (leaf first) and the leaf's identity.
+fn read_cert(path: &Path) -> Result<(Vec<CertificateDer<'static>>, PeerIdentity), String> {
+    let bad = |e: String| format!("--client-cert `{}`: {e}", path.display());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(format!("cannot read it: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| bad("holds no certificate".into()))?;
+    let id = PeerIdentity::from_der(leaf).map_err(bad)?;
+    Ok((chain, id))
+}
+
+/// Whether a listener that verifies client certificates accepts `chain`: `Ok(listener)` or
+/// why none does.
+fn verify_chain(settings: &Checked, chain: &[CertificateDer<'static>]) -> Result<String, String> {
+    use rustls::server::WebPkiClientVerifier;
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err("no certificate".into());
+    };
+    let mut why = Vec::new();
+    for l in &settings.listeners {
+        let Some(tls) = &l.tls else { continue };
+        if tls.client_auth == ClientAuth::Off || tls.client_ca.is_empty() {
+            continue;
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for path in &tls.client_ca {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+            for c in certs {
+                let c = c.map_err(|e| format!("`{}`: {e}", path.display()))?;
+                roots.add(c).map_err(|e| {
+                    format!("`{}`: not a usable CA certificate: {e}", path.display())
+                })?;
+            }
+        }
+        let mut crls = Vec::new();
+        for path in &tls.crl {
+            for c in CertificateRevocationListDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?
+            {
+                crls.push(c.map_err(|e| format!("`{}`: {e}", path.display()))?);
+            }
+        }
+        let mut b =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider());
+        if !crls.is_empty() {
+            b = b.with_crls(crls).only_check_end_entity_revocation();
+        }
+        let verifier = b
+            .build()
+            .map_err(|e| format!("listener `{}`: client certificate verifier: {e}", l.name))?;
+        match verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+            Ok(_) => return Ok(l.name.to_string()),
+            Err(e) => why.push(format!("listener `{}`: {e}", l.name)),
+        }
+    }
+    if why.is_empty() {
+        Err("no listener asks for client certificates (tls.client_auth with client_ca): the gateway never sees one".into())
+    } else {
+        Err(why.join("; "))
+    }
 }
 
 fn describe_cert(id: &PeerIdentity) -> String {
@@ -266,23 +340,29 @@ fn describe_principal(p: &Principal) -> String {
     )
 }
 
-/// Explains one request (see the module docs).
-///
-/// # Errors
-/// Usage and config errors: a bad method, path, claims, body, certificate or `--lookup`, an
-/// unknown `--issuer`, a config that does not load or compile.
-#[allow(clippy::too_many_lines)]
-pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
+/// The request as parsed from the arguments (before any config is read).
+struct Request {
+    method: Method,
+    path: String,
+    query: Option<String>,
+    claims: Option<Map<String, Value>>,
+    /// (size, parsed JSON or why not).
+    body: Option<(usize, Result<Value, String>)>,
+    cert: Option<(Vec<CertificateDer<'static>>, PeerIdentity)>,
+    offline: Option<HashMap<String, bool>>,
+}
+
+fn parse_args(args: &ExplainArgs) -> Result<Request, String> {
     let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("--method `{}` is not an HTTP method", args.method))?;
     let (path, query) = match args.path.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (args.path.as_str(), None),
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (args.path.clone(), None),
     };
     if !path.starts_with('/') {
         return Err(format!("--path `{}` must start with `/`", args.path));
     }
-    let claims: Option<Map<String, Value>> = match &args.claims {
+    let claims = match &args.claims {
         None => None,
         Some(text) => match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(m)) => Some(m),
@@ -295,9 +375,8 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
         Some(p) => {
             let bytes = std::fs::read(p)
                 .map_err(|e| format!("--body `{}`: cannot read it: {e}", p.display()))?;
-            let v: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("--body `{}`: not JSON: {e}", p.display()))?;
-            Some((bytes.len(), v))
+            let parsed = serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string());
+            Some((bytes.len(), parsed))
         }
     };
     let cert = args.client_cert.as_deref().map(read_cert).transpose()?;
@@ -306,11 +385,29 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
     } else {
         None
     };
+    Ok(Request {
+        method,
+        path,
+        query,
+        claims,
+        body,
+        cert,
+        offline,
+    })
+}
 
+/// Explains one request (see the module docs).
+///
+/// # Errors
+/// Usage and config errors: a bad method, path, claims, body file, certificate file or
+/// `--lookup`, an unknown `--issuer`, a config that does not load or compile.
+#[allow(clippy::too_many_lines)]
+pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
+    let req = parse_args(&args)?;
     let checked = config::load(&args.config, &config::process_env).map_err(|e| e.to_string())?;
     let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
     let mut runtime = config::compile(checked, &metrics)?;
-    let offline_lookups = match offline {
+    let offline = match req.offline {
         Some(answers) => {
             let l = Arc::new(Lookups::offline(answers)?);
             runtime.authz.lookups = l.clone();
@@ -325,7 +422,7 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
         .as_ref()
         .map_or(&[][..], |v| v.issuers.as_slice());
     let issuer_index = match &args.issuer {
-        None => 0,
+        None => usize::MAX, // the first the route accepts (chosen once the route is known)
         Some(name) => issuers
             .iter()
             .position(|i| &*i.name == name.as_str())
@@ -341,13 +438,14 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
                 )
             })?,
     };
-    let issuer = issuers.get(issuer_index);
 
     let mut report = ExplainReport {
-        request: format!("{method} {}", args.path),
+        request: format!("{} {}", req.method, args.path),
         route: None,
+        no_route: None,
+        params: Vec::new(),
         principal: None,
-        certificate: cert.as_ref().map(describe_cert),
+        certificate: req.cert.as_ref().map(|(_, id)| describe_cert(id)),
         checks: Vec::new(),
         object_ids: Vec::new(),
         lookups: None,
@@ -357,25 +455,27 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
         },
     };
 
-    let m: RouteMatch = match runtime.router.find(args.host.as_deref(), &method, path) {
+    let m = match runtime
+        .router
+        .find(args.host.as_deref(), &req.method, &req.path)
+    {
         Ok(m) => m,
         Err(RouteError::NotFound) => {
-            report.notes.push(format!(
-                "no route matches {}{path}",
-                args.host
-                    .as_deref()
-                    .map_or(String::new(), |h| format!("host {h}, path "))
-            ));
-            report.deny("routing", 404, "no route matches (404 not-found)");
+            report.no_route = Some(match &args.host {
+                Some(h) => format!("nothing matches host {h}, path {}", req.path),
+                None => format!("nothing matches {}", req.path),
+            });
+            report.deny("routing", Some(404), "no route matches (404 not-found)");
             return Ok(report);
         }
         Err(RouteError::MethodNotAllowed { allow }) => {
-            report.notes.push(format!(
-                "the path matches a route, but not for {method} (allow: {allow})"
+            report.no_route = Some(format!(
+                "the path matches, but not for {}; allowed: {allow}",
+                req.method
             ));
             report.deny(
                 "routing",
-                405,
+                Some(405),
                 format!("method not allowed (405; Allow: {allow})"),
             );
             return Ok(report);
@@ -383,22 +483,66 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
     };
     let route = m.route.clone();
     let mode = route.auth.mode;
+    let issuer_index = match (issuer_index, route.auth.issuers.as_deref()) {
+        (usize::MAX, Some(accepted)) => accepted.first().copied().unwrap_or(0),
+        (usize::MAX, None) => 0,
+        (i, _) => i,
+    };
+    let issuer = issuers.get(issuer_index);
     report.route = Some((
         route.name.to_string(),
         route.cluster.name.to_string(),
         mode_name(mode),
     ));
-    if !m.params.is_empty() {
-        let params: Vec<String> = m.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        report
-            .notes
-            .push(format!("path parameters: {}", params.join(", ")));
-    }
+    report.params = m
+        .params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
 
-    // Authentication: the certificate, then the token (as the gateway orders them).
+    // The TLS handshake: a presented certificate must chain to a listener's client CA.
+    let id = match &req.cert {
+        None => {
+            let tls: Vec<_> = runtime.settings.listeners.iter().map(|l| &l.tls).collect();
+            if tls.iter().all(|t| {
+                t.as_ref()
+                    .is_some_and(|t| t.client_auth == ClientAuth::Required)
+            }) {
+                report.notes.push(
+                    "every listener requires a client certificate: the handshake fails without one (check yours with --client-cert)".into(),
+                );
+            }
+            None
+        }
+        Some((chain, id)) => match verify_chain(&runtime.settings, chain) {
+            Ok(listener) => {
+                report.check(
+                    "certificate",
+                    true,
+                    format!("trusted by listener `{listener}`'s client CA"),
+                );
+                Some(id)
+            }
+            Err(why) if why.starts_with("no listener") => {
+                report.check("certificate", false, why);
+                None
+            }
+            Err(why) => {
+                report.check("certificate", false, format!("not trusted: {why}"));
+                report.deny(
+                    "certificate",
+                    None,
+                    "nothing: the TLS handshake fails (the certificate is not trusted)",
+                );
+                return Ok(report);
+            }
+        },
+    };
+
+    // Authentication: the certificate's identity, then the token (as the gateway orders them).
     if matches!(mode, AuthMode::Mtls | AuthMode::JwtAndMtls) {
         let rule_text = route.mtls.as_deref().map_or_else(
-            || "any verified client certificate".to_owned(),
+            || "a verified client certificate".to_owned(),
             |r| {
                 r.iter()
                     .map(ToString::to_string)
@@ -406,55 +550,36 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
                     .join(" or ")
             },
         );
-        match &cert {
-            None => {
-                report.check(
-                    "mtls",
-                    false,
-                    format!("needs {rule_text}; no --client-cert given"),
-                );
+        let verdict = match id {
+            None => Err("no trusted client certificate (--client-cert)".to_owned()),
+            Some(id) => match crate::authn::check_mtls(route.mtls.as_deref(), Some(id)) {
+                Ok(matched) => Ok(matched.unwrap_or("the certificate").to_owned()),
+                Err(_) => Err("the certificate matches none".to_owned()),
+            },
+        };
+        match verdict {
+            Ok(by) => report.check("mtls", true, format!("needs {rule_text} → matched by {by}")),
+            Err(why) => {
+                report.check("mtls", false, format!("needs {rule_text} → {why}"));
                 report.deny(
                     "mtls",
-                    403,
+                    Some(403),
                     format!("mTLS identity required: {rule_text} (403 mtls-identity-required)"),
                 );
                 return Ok(report);
             }
-            Some(id) => match crate::authn::check_mtls(route.mtls.as_deref(), Some(id)) {
-                Ok(matched) => report.check(
-                    "mtls",
-                    true,
-                    format!(
-                        "needs {rule_text} → matched by {} (chain not verified here)",
-                        matched.unwrap_or("the certificate")
-                    ),
-                ),
-                Err(e) => {
-                    report.check(
-                        "mtls",
-                        false,
-                        format!("needs {rule_text} → the certificate matches none"),
-                    );
-                    report.deny("mtls", 403, format!("{e} (403 mtls-identity-required)"));
-                    return Ok(report);
-                }
-            },
         }
-    } else if cert.is_some() {
-        report
-            .notes
-            .push("the route does not check client certificates (auth is not mtls)".into());
     }
 
     let mut principal: Option<Principal> = None;
     if matches!(mode, AuthMode::Jwt | AuthMode::JwtAndMtls) {
-        let Some(claims) = claims else {
+        let Some(claims) = req.claims else {
             report.check(
                 "token",
                 false,
                 "no --claims given: the request has no bearer token",
             );
-            report.deny("token", 401, "token refused: no bearer token (401)");
+            report.deny("token", Some(401), "token refused: no bearer token (401)");
             return Ok(report);
         };
         let Some(issuer) = issuer else {
@@ -464,7 +589,7 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
             report.check("token", false, "no token issuer is configured");
             report.deny(
                 "token",
-                401,
+                Some(401),
                 "token refused: no token issuer is configured (401)",
             );
             return Ok(report);
@@ -487,7 +612,7 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
             );
             report.deny(
                 "token",
-                401,
+                Some(401),
                 "token refused: the token's issuer is not accepted on this route (401)",
             );
             return Ok(report);
@@ -508,7 +633,7 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
             );
             report.deny(
                 "token",
-                401,
+                Some(401),
                 format!("token refused: required claim `{missing}` is missing (401)"),
             );
             return Ok(report);
@@ -518,20 +643,20 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
             .get("cnf")
             .and_then(|c| c.get("x5t#S256"))
             .and_then(Value::as_str);
-        let binding = match (bound, &cert) {
+        let binding = match (bound, id) {
             (Some(b), Some(id)) => {
                 use base64::Engine;
-                let want =
+                let thumbprint =
                     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.fingerprint_raw);
-                if b == want {
-                    Ok("bound to the certificate (cnf.x5t#S256)")
+                if b == thumbprint {
+                    Ok(", bound to the certificate (cnf.x5t#S256)")
                 } else {
                     Err("the token is bound to another client certificate (cnf.x5t#S256)")
                 }
             }
-            (Some(_), None) => {
-                Err("the token is bound to a client certificate (cnf.x5t#S256); none given")
-            }
+            (Some(_), None) => Err(
+                "the token is bound to a client certificate (cnf.x5t#S256); no trusted one given",
+            ),
             (None, _) if must_bind => {
                 Err("this route requires a certificate-bound token (RFC 8705 cnf.x5t#S256)")
             }
@@ -546,35 +671,29 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
             )
         };
         match binding {
-            Ok(b) => {
-                let b = if b.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {b}")
-                };
-                report.check(
-                    "token",
-                    true,
-                    format!(
-                        "issuer {}{required}{b} (signature, expiry and audience not checked)",
-                        issuer.name
-                    ),
-                );
-            }
+            Ok(b) => report.check(
+                "token",
+                true,
+                format!(
+                    "issuer {}{required}{b} (signature, expiry and audience not checked)",
+                    issuer.name
+                ),
+            ),
             Err(why) => {
                 report.check("token", false, format!("issuer {} → {why}", issuer.name));
-                report.deny("token", 401, format!("token refused: {why} (401)"));
+                report.deny("token", Some(401), format!("token refused: {why} (401)"));
                 return Ok(report);
             }
         }
         let p = Principal::from_claims(issuer_index, issuer.name.clone(), &issuer.claims, claims);
         report.principal = Some(describe_principal(&p));
         principal = Some(p);
-    } else if claims.is_some() {
+    } else if req.claims.is_some() {
         report
             .notes
             .push("--claims ignored: this route takes no token".into());
     }
+
     // Authorization.
     let Some(rules) = route.authz.clone() else {
         report.notes.push(match mode {
@@ -583,9 +702,13 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
         });
         return Ok(report);
     };
-    let body_value = match (&body, &rules.ownership) {
-        (Some((len, v)), Some(o)) if rules.needs_body() => {
-            if *len > o.max_body_bytes {
+    let mut body = None;
+    if let Some(o) = rules.ownership.as_ref().filter(|_| rules.needs_body()) {
+        match &req.body {
+            None => report
+                .notes
+                .push("a rule reads the body, and no --body was given".into()),
+            Some((len, _)) if *len > o.max_body_bytes => {
                 report.check(
                     "body",
                     false,
@@ -596,38 +719,50 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
                 );
                 report.deny(
                     "body",
-                    413,
+                    Some(413),
                     format!(
-                        "this route accepts bodies of at most {} bytes (413)",
+                        "this route accepts bodies of at most {} bytes (413 payload-too-large)",
                         o.max_body_bytes
                     ),
                 );
                 return Ok(report);
             }
-            Some(v)
-        }
-        (None, _) if rules.needs_body() => {
-            report
+            Some((_, Err(e))) => report
                 .notes
-                .push("a rule reads the body; no --body given, so its id is missing".into());
-            None
+                .push(format!("--body is not JSON ({e}): its fields are missing")),
+            Some((_, Ok(v))) => body = Some(v),
         }
-        _ => None,
-    };
+    }
     let (trace, verdict) = super::explain(
         &rules,
         &runtime.authz,
         &m,
         principal.as_ref(),
-        query,
-        body_value,
+        req.query.as_deref(),
+        body,
         &metrics,
     )
     .await;
-    if let Some(l) = &offline_lookups {
-        report.lookups = Some(l.offline_asked());
-    }
     for (rule, passed, detail) in trace.checks {
+        // The caller's side of the comparison, which the trace leaves out.
+        let detail = match (rule.as_str(), &principal) {
+            ("scopes", Some(p)) => format!("{detail} → caller has [{}]", p.scopes.join(", ")),
+            ("roles" | "permissions", Some(p)) => {
+                format!("{detail} → caller's roles [{}]", p.roles.join(", "))
+            }
+            ("tenant", _) => {
+                let param = rules.tenant.as_ref().map_or("", |(p, _)| p.as_str());
+                format!(
+                    "{detail} → {param}={}, caller's tenant {}",
+                    m.param(param).unwrap_or("-"),
+                    principal
+                        .as_ref()
+                        .and_then(|p| p.tenant.as_deref())
+                        .unwrap_or("-")
+                )
+            }
+            _ => detail,
+        };
         report.check(&rule, passed, detail);
     }
     if rules.scopes.is_none()
@@ -638,7 +773,29 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
     {
         report.check("authenticated", true, "any authenticated caller");
     }
-    report.object_ids = trace.object_ids;
+    for oid in trace.object_ids {
+        if !report.object_ids.contains(&oid) {
+            report.object_ids.push(oid);
+        }
+    }
+    match &offline {
+        Some(l) => report.lookups = Some(l.offline_asked()),
+        None => {
+            let looked_up = rules.ownership.as_ref().is_some_and(|o| {
+                o.rules.iter().any(|r| {
+                    matches!(
+                        r.check,
+                        super::Check::Redis { .. } | super::Check::Http { .. }
+                    )
+                })
+            });
+            if looked_up {
+                report.notes.push(
+                    "lookups asked the configured Redis / ownership service; --offline lists the questions, --lookup answers them".into(),
+                );
+            }
+        }
+    }
     match verdict {
         Ok(()) => {
             report.decision = Decision::Allow {
@@ -648,7 +805,7 @@ pub async fn run(args: ExplainArgs) -> Result<ExplainReport, String> {
         Err((rule, e)) => {
             report.deny(
                 rule,
-                e.status.as_u16(),
+                Some(e.status.as_u16()),
                 format!("{} ({} {})", e.detail, e.status.as_u16(), e.kind),
             );
         }
@@ -672,5 +829,35 @@ mod tests {
         assert!(parse_lookups(&["redis onlykey=yes".into()]).is_err());
         assert!(parse_lookups(&["ftp x=yes".into()]).is_err());
         assert!(parse_lookups(&["http http://x=maybe".into()]).is_err());
+    }
+
+    #[test]
+    fn report_prints_checks_and_decision() {
+        let mut r = ExplainReport {
+            request: "POST /v1/payments".into(),
+            route: Some(("create-payment".into(), "payments".into(), "jwt")),
+            no_route: None,
+            params: Vec::new(),
+            principal: None,
+            certificate: None,
+            checks: Vec::new(),
+            object_ids: vec!["acc-200".into()],
+            lookups: None,
+            notes: Vec::new(),
+            decision: Decision::Allow {
+                would_deny: Vec::new(),
+            },
+        };
+        r.check("scopes", true, "needs all of [payments:write]");
+        r.check("ownership", false, "body field `/from_account` → not_owned");
+        r.deny("ownership", Some(404), "not found");
+        let text = r.to_string();
+        assert!(
+            text.contains("  ✔ scopes: needs all of [payments:write]"),
+            "{text}"
+        );
+        assert!(text.contains("  ✘ ownership: body field"), "{text}");
+        assert!(text.contains("decision: deny (ownership, 404)"), "{text}");
+        assert!(!r.allowed());
     }
 }

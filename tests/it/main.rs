@@ -9,6 +9,7 @@ mod authz;
 mod cli;
 mod correlation;
 mod errors;
+mod explain;
 mod jwt;
 mod limits;
 mod lookup;
