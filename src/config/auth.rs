@@ -39,6 +39,8 @@ pub struct IssuerSettings {
     pub require_bound_tokens: bool,
     /// Key source.
     pub jwks: JwksSettings,
+    /// The scopes this issuer grants, when declared.
+    pub scopes: Option<Vec<String>>,
 }
 
 /// Validated global token settings.
@@ -267,6 +269,7 @@ fn check_issuer(
         typ,
         require_bound_tokens: r.require_bound_tokens,
         jwks,
+        scopes: r.scopes,
     })
 }
 

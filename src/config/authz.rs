@@ -131,6 +131,8 @@ pub(super) fn check_roles(ctx: &mut Ctx<'_>, root: &Node, tables: &mut Tables) -
 pub(super) struct AuthzContext<'a> {
     pub tables: &'a mut Tables,
     pub roles: &'a [String],
+    /// Scopes the issuers declare they grant (`None`: no issuer declares any).
+    pub scopes: Option<&'a [String]>,
     pub redis: bool,
     pub warnings: &'a mut Vec<ConfigError>,
 }
@@ -228,14 +230,27 @@ pub(super) fn check_route_authz(
                 if let Some(declared) = declared
                     && !declared.contains(n)
                 {
+                    let (message, fallback) = if key == "scopes" {
+                        (
+                            format!(
+                                "scope `{n}` is granted by no configured issuer, so no caller can have it"
+                            ),
+                            "list it under the issuer's `scopes:`",
+                        )
+                    } else {
+                        (
+                            format!("role `{n}` is not defined, so no caller can have it"),
+                            "define it under `roles:` in a policies file",
+                        )
+                    };
                     let hint = suggest(n, declared.iter().map(String::as_str))
                         .map(|s| format!("did you mean `{s}`?"))
-                        .or_else(|| Some("define it under `roles:` in a policies file".into()));
+                        .or_else(|| Some(fallback.into()));
                     warnings.push(ConfigError {
                         file: ctx.file.clone(),
                         pos: rnode.pos,
                         path: format!("{path}.authz.{key}"),
-                        message: format!("role `{n}` is not defined, so no caller can have it"),
+                        message,
                         hint,
                     });
                 }
@@ -261,7 +276,7 @@ pub(super) fn check_route_authz(
         "scopes",
         &a.scopes,
         &mut ac.tables.scopes,
-        None,
+        ac.scopes,
         ac.warnings,
     );
     out.roles = set(

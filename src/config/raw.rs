@@ -457,6 +457,8 @@ pub struct RawIssuer {
     /// Every token must be certificate-bound.
     #[serde(default)]
     pub require_bound_tokens: bool,
+    /// The scopes this issuer grants (optional; routes naming others get a warning).
+    pub scopes: Option<Vec<String>>,
 }
 
 /// An issuer's key source.

@@ -823,6 +823,14 @@ pub(super) fn check_policies(
     let mut tables = crate::authz::Tables::default();
     let mut warnings = Vec::new();
     let mut role_names = Vec::new();
+    let declared_scopes: Option<Vec<String>> =
+        issuers.valid.iter().any(|i| i.scopes.is_some()).then(|| {
+            issuers
+                .valid
+                .iter()
+                .flat_map(|i| i.scopes.iter().flatten().cloned())
+                .collect()
+        });
     for (file, root) in files {
         let mut ctx = Ctx {
             file: file.name.clone(),
@@ -862,6 +870,7 @@ pub(super) fn check_policies(
             let mut ac = super::authz::AuthzContext {
                 tables: &mut tables,
                 roles: &role_names,
+                scopes: declared_scopes.as_deref(),
                 redis,
                 warnings: &mut warnings,
             };

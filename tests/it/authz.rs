@@ -583,7 +583,7 @@ fn routes_that_authenticate_must_say_what_callers_may_do() {
         "gateway.yaml",
         &gateway_yaml(
             "  main:\n    endpoints: [\"127.0.0.1:9\"]\n",
-            &format!("issuers:\n  idp:\n    issuer: {ISS}\n    audiences: [api]\n    jwks: {{ file: jwks.json }}\n"),
+            &format!("issuers:\n  idp:\n    issuer: {ISS}\n    audiences: [api]\n    jwks: {{ file: jwks.json }}\n    scopes: [accounts:read, payments:write]\n"),
         ),
     );
     dir.write(
@@ -601,7 +601,7 @@ fn routes_that_authenticate_must_say_what_callers_may_do() {
     // Fixed: the undefined role is a warning with a hint, not an error.
     dir.write(
         "routes/r.yaml",
-        "roles:\n  teller: [pay]\nroutes:\n  - name: b\n    methods: [GET]\n    path: /b/{id}\n    cluster: main\n    auth: jwt\n    authz:\n      roles: { any_of: [teler] }\n",
+        "roles:\n  teller: [pay]\nroutes:\n  - name: b\n    methods: [GET]\n    path: /b/{id}\n    cluster: main\n    auth: jwt\n    authz:\n      roles: { any_of: [teler] }\n      scopes: { all_of: [payments:wirte] }\n",
     );
     let checked = portcullis::config::load(&cfg, &portcullis::config::process_env).unwrap();
     let w = checked
@@ -612,6 +612,11 @@ fn routes_that_authenticate_must_say_what_callers_may_do() {
         .join("\n");
     assert!(
         w.contains("role `teler` is not defined") && w.contains("did you mean `teller`?"),
+        "{w}"
+    );
+    assert!(
+        w.contains("scope `payments:wirte` is granted by no configured issuer")
+            && w.contains("did you mean `payments:write`?"),
         "{w}"
     );
 }
