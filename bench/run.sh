@@ -11,7 +11,10 @@
 #   (f) HAProxy terminating mTLS and checking an RS256 bearer JWT (jwt_verify + iss/aud/exp)
 #       in front of it,
 #   (g) Portcullis terminating mTLS with a route `auth: jwt`, once with an RS256 and once
-#       with an ES256 token (skip (f)+(g) with SKIP_JWT=1),
+#       with an ES256 token (skip (f)+(g)+(h) with SKIP_JWT=1),
+#   (h) authorization off vs on: Portcullis mTLS + JWT ES256 on the route of (g) (`authz:
+#       { authenticated: true }`) and, in a third process, on a route with 3 scopes and 2
+#       claim-based ownership rules, both with the same token (skip (h) with SKIP_AUTHZ=1),
 # and prints Markdown tables (also written to bench/results/latest.md).
 #
 # All traffic stays on 127.0.0.1. See bench/README.md for the knobs.
@@ -66,6 +69,9 @@ SKIP_JWT="${SKIP_JWT:-0}"              # 1: no JWT rows (no HAProxy, no second P
 HAPROXY_PORT="${HAPROXY_PORT:-18445}"
 PORTCULLIS_JWT_PORT="${PORTCULLIS_JWT_PORT:-18446}"
 JWT_ADMIN_PORT="${JWT_ADMIN_PORT:-19902}"
+SKIP_AUTHZ="${SKIP_AUTHZ:-0}"          # 1: no authz off/on rows (no third Portcullis)
+PORTCULLIS_AUTHZ_PORT="${PORTCULLIS_AUTHZ_PORT:-18447}"
+AUTHZ_ADMIN_PORT="${AUTHZ_ADMIN_PORT:-19903}"
 JWT_ISS=https://idp.bench.test         # `iss` of the bench tokens, checked by both proxies
 JWT_AUD=bench-api                      # `aud` of the bench tokens, checked by both proxies
 
@@ -308,13 +314,15 @@ mint_check_tokens() {
 # jwt_probe NAME TAG PORT TOKEN [curl args...]: GET https://localhost:PORT$BENCH_PATH (HTTP/1.1,
 # dev CA trusted) with `Authorization: Bearer TOKEN` unless TOKEN is empty. Prints the status
 # ('000' = no HTTP response); body, headers and curl -v output go to $TMP/probe-NAME-TAG.*.
+# PROBE_PATH, when set, replaces $BENCH_PATH (the authz checks' other account).
+PROBE_PATH=""
 jwt_probe() {
     local name="$1" tag="$2" port="$3" token="$4" base="$TMP/probe-$1-$2" auth=()
     shift 4
     if [[ -n "$token" ]]; then auth=(-H "Authorization: Bearer $token"); fi
     lcurl -v --http1.1 -o "$base.body" -D "$base.headers" -w '%{http_code}' \
         --resolve "$TLS_NAME:$port:$HOST" --cacert "$CERTS/ca.pem" "$@" "${auth[@]+"${auth[@]}"}" \
-        "https://$TLS_NAME:$port$BENCH_PATH" 2>"$base.curl" || true
+        "https://$TLS_NAME:$port${PROBE_PATH:-$BENCH_PATH}" 2>"$base.curl" || true
 }
 
 # `reason` of a Portcullis problem+json body ('?' if there is none).
@@ -401,6 +409,66 @@ check_jwt() {
     if [[ -n "${JWT_DEVIATION[$name]}" ]]; then log "WARNING: $name: ${JWT_DEVIATION[$name]}"; fi
 }
 
+# ---------------------------------------------------------- authz helpers ----
+# The authz off/on rows: one ES256 token that every rule of the authz route accepts (scopes
+# a b c; the account of $BENCH_PATH in `accounts`; `account_prefix` a prefix of that account),
+# sent to the route with `authz: { authenticated: true }` (off) and to the route with 3 scopes
+# and 2 ownership rules (on).
+# mint_authz VAR [SCOPE [PREFIX]]: such a token, or one with other scopes / another prefix.
+mint_authz() {
+    local var="$1" scope="${2:-a b c}" prefix="${3:-$AUTHZ_PREFIX}"
+    mint_or_die "$var" "$ES_KEY" bench-es256 ES256 "$JWT_ISS" "$JWT_AUD" \
+        --scope "$scope" --tenant bench --claim "accounts=[\"$AUTHZ_ACCOUNT\"]" \
+        --claim "account_prefix=\"$prefix\""
+}
+
+# check_authz PID LOGFILE: wait until the authz route answers 200 to the authz token, then
+# insist that it refuses the other account (404), a token without scope c (403) and a token
+# whose account_prefix does not fit (404); and that the authz-off route (the JWT process)
+# answers 200 to the authz token, for both accounts. Fills AUTHZ_CHECK.
+AUTHZ_CHECK=""
+check_authz() {
+    local pid="$1" logfile="$2" name=portcullis-authz port="$PORTCULLIS_AUTHZ_PORT" code deadline
+    local client=(--cert "$CERTS/client.pem" --key "$CERTS/client-key.pem")
+    local tok_2scopes tok_noprefix
+    deadline=$((SECONDS + READY_TIMEOUT))
+    while :; do
+        alive "$pid" || { tail -n 30 "$logfile" >&2 || true; die "$name exited (log: $logfile)"; }
+        code="$(jwt_probe "$name" ok "$port" "$TOK_AUTHZ" "${client[@]}")"
+        [[ "$code" == 200 ]] && break
+        if ((SECONDS >= deadline)); then
+            cat "$TMP/probe-$name-ok.curl" >&2 || true
+            tail -n 30 "$logfile" >&2 || true
+            die "$name: GET https://$TLS_NAME:$port$BENCH_PATH with the dev client certificate and the authz token answered '$code', expected 200 (curl -v output above, body: $TMP/probe-$name-ok.body)"
+        fi
+        sleep 0.2
+    done
+    TLS_SESSION[$name]="$(sed -n 's/^\* SSL connection using //p' "$TMP/probe-$name-ok.curl" | head -n1)"
+    AUTHZ_CHECK="authz on: $BENCH_PATH → 200"
+
+    # expect_code TAG DESCRIPTION PORT TOKEN PATH WANT
+    expect_code() {
+        local tag="$1" desc="$2" p="$3" token="$4" path="$5" want="$6" n=portcullis-authz reason
+        [[ "$p" == "$port" ]] || n=portcullis-jwt
+        code="$(PROBE_PATH="$path" jwt_probe "$n" "$tag" "$p" "$token" "${client[@]}")"
+        [[ "$code" == "$want" ]] \
+            || die "$n: $desc answered '$code', expected $want; refusing to benchmark (curl -v: $TMP/probe-$n-$tag.curl, body: $TMP/probe-$n-$tag.body)"
+        AUTHZ_CHECK+="; $desc → $code"
+        if [[ "$code" == 403 ]]; then
+            reason="$(problem_reason "$TMP/probe-$n-$tag.body")"
+            AUTHZ_CHECK+=" \`$reason\`"
+        fi
+    }
+    mint_authz tok_2scopes "a b"
+    mint_authz tok_noprefix "a b c" nomatch
+    expect_code other-account "authz on: $AUTHZ_DENY_PATH (not in \`accounts\`)" "$port" "$TOK_AUTHZ" "$AUTHZ_DENY_PATH" 404
+    expect_code two-scopes "authz on: token with scopes a b only" "$port" "$tok_2scopes" "$BENCH_PATH" 403
+    expect_code no-prefix "authz on: token with account_prefix nomatch" "$port" "$tok_noprefix" "$BENCH_PATH" 404
+    expect_code authz-off "authz off: $BENCH_PATH" "$PORTCULLIS_JWT_PORT" "$TOK_AUTHZ" "$BENCH_PATH" 200
+    expect_code authz-off-other "authz off: $AUTHZ_DENY_PATH" "$PORTCULLIS_JWT_PORT" "$TOK_AUTHZ" "$AUTHZ_DENY_PATH" 200
+    log "$name: authz sanity check ok ($AUTHZ_CHECK)"
+}
+
 # Portcullis's verified-token cache counters (admin /metrics): prints "HITS MISSES" or "? ?".
 jwt_cache_counts() {
     lcurl "http://$HOST:$JWT_ADMIN_PORT/metrics" 2>/dev/null | python3 -c '
@@ -425,6 +493,10 @@ check_port_var PORTCULLIS_PORT "$PORTCULLIS_PORT"
 check_port_var ADMIN_PORT "$ADMIN_PORT"
 [[ "$SKIP_MTLS" == 0 || "$SKIP_MTLS" == 1 ]] || die "SKIP_MTLS must be 0 or 1 (got $SKIP_MTLS)"
 [[ "$SKIP_JWT" == 0 || "$SKIP_JWT" == 1 ]] || die "SKIP_JWT must be 0 or 1 (got $SKIP_JWT)"
+[[ "$SKIP_AUTHZ" == 0 || "$SKIP_AUTHZ" == 1 ]] || die "SKIP_AUTHZ must be 0 or 1 (got $SKIP_AUTHZ)"
+# The authz off/on rows: part of the JWT section, Portcullis only.
+AUTHZ_ROWS=0
+if [[ "$SKIP_JWT" != 1 && "$SKIP_AUTHZ" != 1 && "$SKIP_PORTCULLIS" != 1 ]]; then AUTHZ_ROWS=1; fi
 # The mTLS and the JWT rows both need the dev certificates and a TLS-capable oha.
 NEED_TLS=0
 if [[ "$SKIP_MTLS" != 1 || "$SKIP_JWT" != 1 ]]; then NEED_TLS=1; fi
@@ -444,9 +516,23 @@ if [[ "$SKIP_JWT" != 1 ]]; then
     check_port_var JWT_ADMIN_PORT "$JWT_ADMIN_PORT"
     ALL_PORTS+=("$HAPROXY_PORT" "$PORTCULLIS_JWT_PORT" "$JWT_ADMIN_PORT")
 fi
+if ((AUTHZ_ROWS)); then
+    check_port_var PORTCULLIS_AUTHZ_PORT "$PORTCULLIS_AUTHZ_PORT"
+    check_port_var AUTHZ_ADMIN_PORT "$AUTHZ_ADMIN_PORT"
+    ALL_PORTS+=("$PORTCULLIS_AUTHZ_PORT" "$AUTHZ_ADMIN_PORT")
+fi
 [[ "$(printf '%s\n' "${ALL_PORTS[@]}" | sort -u | wc -l)" == "${#ALL_PORTS[@]}" ]] \
-    || die "BACKEND_PORT, NGINX_PORT, PORTCULLIS_PORT, ADMIN_PORT (and NGINX_TLS_PORT, PORTCULLIS_TLS_PORT unless SKIP_MTLS=1; HAPROXY_PORT, PORTCULLIS_JWT_PORT, JWT_ADMIN_PORT unless SKIP_JWT=1) must all differ"
+    || die "BACKEND_PORT, NGINX_PORT, PORTCULLIS_PORT, ADMIN_PORT (and NGINX_TLS_PORT, PORTCULLIS_TLS_PORT unless SKIP_MTLS=1; HAPROXY_PORT, PORTCULLIS_JWT_PORT, JWT_ADMIN_PORT unless SKIP_JWT=1; PORTCULLIS_AUTHZ_PORT, AUTHZ_ADMIN_PORT unless SKIP_AUTHZ=1) must all differ"
 [[ "$BENCH_PATH" =~ ^/[A-Za-z0-9._~/%-]*$ ]] || die "BENCH_PATH must be a plain absolute path (got $BENCH_PATH)"
+if ((AUTHZ_ROWS)); then
+    # The authz route's ownership rules read the account id from the path; the token lists it.
+    [[ "$BENCH_PATH" =~ ^/v1/accounts/([A-Za-z0-9._~-]+)$ ]] \
+        || die "the authz rows need BENCH_PATH=/v1/accounts/ID (ID of [A-Za-z0-9._~-]; got $BENCH_PATH); set SKIP_AUTHZ=1 for another path"
+    AUTHZ_ACCOUNT="${BASH_REMATCH[1]}"
+    AUTHZ_PREFIX="${AUTHZ_ACCOUNT%%-*}"    # acc-100 -> acc: the template `{account_prefix}*` fits
+    AUTHZ_DENY_PATH=/v1/accounts/acc-200   # not in the token's `accounts`: must answer 404
+    if [[ "$AUTHZ_ACCOUNT" == acc-200 ]]; then AUTHZ_DENY_PATH=/v1/accounts/acc-201; fi
+fi
 for p in "${ALL_PORTS[@]}"; do
     if port_in_use "$p"; then die "port $HOST:$p is already in use; pick another via env"; fi
 done
@@ -778,11 +864,13 @@ EOF
 
     # Portcullis: its own process (so the plain and mTLS rows are unchanged by this section),
     # one TLS listener with a required client certificate, one issuer whose keys come from the
-    # JWKS file, the same route with `auth: jwt`.
-    cat >"$TMP/gateway-jwt.yaml" <<EOF
+    # JWKS file, the same route with `auth: jwt`. The authz-on process (below) has the same
+    # gateway file apart from its ports and policies folder.
+    jwt_gateway_yaml() { # port admin_port policies_dir
+        cat <<EOF
 listeners:
   - name: mtls-jwt
-    address: $HOST:$PORTCULLIS_JWT_PORT
+    address: $HOST:$1
     tls:
       certificates:
         - cert: certs/server.pem
@@ -790,11 +878,11 @@ listeners:
       client_auth: required
       client_ca: [certs/ca.pem]
 admin:
-  address: $HOST:$JWT_ADMIN_PORT
+  address: $HOST:$2
 clusters:
   accounts:
     endpoints: ["$HOST:$BACKEND_PORT"]
-policies: routes-jwt
+policies: $3
 issuers:
   bench-idp:
     issuer: $JWT_ISS
@@ -807,6 +895,8 @@ log:
   access: false
 $PC_WORKERS
 EOF
+    }
+    jwt_gateway_yaml "$PORTCULLIS_JWT_PORT" "$JWT_ADMIN_PORT" routes-jwt >"$TMP/gateway-jwt.yaml"
     cat >"$TMP/routes-jwt/routes.yaml" <<'EOF'
 routes:
   - name: get-account
@@ -819,6 +909,33 @@ EOF
     if [[ "$SKIP_PORTCULLIS" != 1 ]] && "$BIN" validate --help >/dev/null 2>&1; then
         (cd "$TMP" && "$BIN" validate --config "$TMP/gateway-jwt.yaml") >"$TMP/validate-jwt.log" 2>&1 \
             || { cat "$TMP/validate-jwt.log" >&2; die "portcullis rejects the generated gateway-jwt.yaml ($TMP/gateway-jwt.yaml); set SKIP_JWT=1 for a binary without JWT support"; }
+    fi
+    if ((AUTHZ_ROWS)); then
+        # Authorization on: the same route and request with 3 scopes and 2 claim-based ownership
+        # rules (both on the path's account id: listed in `accounts`, and matching the pattern
+        # built from `account_prefix`), all of which the authz token satisfies.
+        mkdir -p "$TMP/routes-authz"
+        jwt_gateway_yaml "$PORTCULLIS_AUTHZ_PORT" "$AUTHZ_ADMIN_PORT" routes-authz >"$TMP/gateway-authz.yaml"
+        cat >"$TMP/routes-authz/routes.yaml" <<'EOF'
+routes:
+  - name: get-account
+    methods: [GET]
+    path: /v1/accounts/{account_id}
+    cluster: accounts
+    auth: jwt
+    authz:
+      scopes: { all_of: [a, b, c] }
+      ownership:
+        all_of:
+          - path: account_id
+            claim_contains: accounts
+          - path: account_id
+            template: "{account_prefix}*"
+EOF
+        if "$BIN" validate --help >/dev/null 2>&1; then
+            (cd "$TMP" && "$BIN" validate --config "$TMP/gateway-authz.yaml") >"$TMP/validate-authz.log" 2>&1 \
+                || { cat "$TMP/validate-authz.log" >&2; die "portcullis rejects the generated gateway-authz.yaml ($TMP/gateway-authz.yaml); set SKIP_AUTHZ=1 for a binary without authorization rules"; }
+        fi
     fi
 fi
 
@@ -980,8 +1097,11 @@ if [[ "$SKIP_PORTCULLIS" != 1 ]]; then stop_service "$PC_PID"; fi
 
 # JWT: HAProxy and a second Portcullis (mTLS + bearer token), same backend, started only now
 # and measured in their own alternating rounds: HAProxy RS256, Portcullis RS256, Portcullis
-# ES256. Every round mints fresh tokens (1 h lifetime), so a long run never outlives them.
+# ES256, then (unless SKIP_AUTHZ=1) Portcullis ES256 with the authz token on the authz-off route
+# (the same process) and on the authz-on route (a third process, started alongside). Every
+# round mints fresh tokens (1 h lifetime), so a long run never outlives them.
 JWT_ROUND_LINES=()
+AUTHZ_ROUND_LINES=()
 JWT_CACHE=""
 JWKS_STATE=""
 if [[ "$SKIP_JWT" != 1 ]]; then
@@ -997,10 +1117,23 @@ if [[ "$SKIP_JWT" != 1 ]]; then
 import json, sys
 print((json.load(sys.stdin).get("jwks") or {}).get("bench-idp", "not reported"))' 2>/dev/null || echo 'not reported')"
     fi
+    if ((AUTHZ_ROWS)); then
+        # shellcheck disable=SC2016  # $1/$2 are expanded by the inner bash
+        start_service portcullis-authz "$TMP/portcullis-authz.log" \
+            "${PIN_PROXY[@]+"${PIN_PROXY[@]}"}" bash -c 'cd "$1" && exec "$2" run --config "$1/gateway-authz.yaml"' _ "$TMP" "$BIN"
+        PC_AUTHZ_PID=$LAST_PID
+        wait_http portcullis-authz "$PC_AUTHZ_PID" "http://$HOST:$AUTHZ_ADMIN_PORT/readyz" 200 "$TMP/portcullis-authz.log"
+    fi
     mint_check_tokens
     check_jwt haproxy-jwt "$HAPROXY_PORT" "$HAPROXY_PID" "$HAPROXY_DIR/haproxy.log" haproxy
     if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
         check_jwt portcullis-jwt "$PORTCULLIS_JWT_PORT" "$PC_JWT_PID" "$TMP/portcullis-jwt.log" portcullis
+    fi
+    if ((AUTHZ_ROWS)); then
+        mint_authz TOK_AUTHZ
+        check_authz "$PC_AUTHZ_PID" "$TMP/portcullis-authz.log"
+    fi
+    if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
         read -r cache_hit0 cache_miss0 <<<"$(jwt_cache_counts)"
     fi
     for ((r = 1; r <= ROUNDS; r++)); do
@@ -1017,6 +1150,12 @@ print((json.load(sys.stdin).get("jwks") or {}).get("bench-idp", "not reported"))
             line+=" | skipped | skipped | | |"
         fi
         JWT_ROUND_LINES+=("$line")
+        if ((AUTHZ_ROWS)); then
+            mint_authz TOK_AUTHZ
+            measure "portcullis-authz-off-$r" "$PORTCULLIS_JWT_PORT" jwt "$TOK_AUTHZ"
+            measure "portcullis-authz-on-$r" "$PORTCULLIS_AUTHZ_PORT" jwt "$TOK_AUTHZ"
+            AUTHZ_ROUND_LINES+=("| $r | ${RPS[portcullis-authz-off-$r]} | ${RPS[portcullis-authz-on-$r]} | $(ratio "${RPS[portcullis-authz-on-$r]}" "${RPS[portcullis-authz-off-$r]}") |")
+        fi
     done
     if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
         read -r cache_hit1 cache_miss1 <<<"$(jwt_cache_counts)"
@@ -1027,6 +1166,7 @@ print((json.load(sys.stdin).get("jwks") or {}).get("bench-idp", "not reported"))
         fi
         stop_service "$PC_JWT_PID"
     fi
+    if ((AUTHZ_ROWS)); then stop_service "$PC_AUTHZ_PID"; fi
     stop_service "$HAPROXY_PID"
 fi
 
@@ -1048,6 +1188,10 @@ if [[ "$SKIP_JWT" != 1 ]]; then
     if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
         median portcullis-jwt-rs256
         median portcullis-jwt-es256
+    fi
+    if ((AUTHZ_ROWS)); then
+        median portcullis-authz-off
+        median portcullis-authz-on
     fi
 fi
 
@@ -1157,7 +1301,7 @@ REPORT="$(
         echo "- haproxy: HAProxy $HAPROXY_VERSION, ${HAPROXY_THREADS:-default nbthread (one thread per CPU)}, \`bind ssl ... ca-file ca.pem verify required\`, \`http-request deny deny_status 401\` unless: bearer token present, \`jwt_header_query('\$.alg')\` = RS256, \`jwt_verify(txn.alg, pubkey.pem)\` = 1, \`iss\` = $JWT_ISS, \`aud\` = $JWT_AUD (string), \`exp\` > \`date()\`; \`http-reuse always\` to the backend"
         if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
             echo "- portcullis: a second process, listener with \`client_auth: required\`, route \`auth: jwt\`, issuer \`bench-idp\` (jwks \`file:\`, algorithms [RS256, ES256], defaults otherwise); JWKS state at start: $JWKS_STATE"
-            echo "- portcullis verified-token cache over the JWT rounds (warm-ups included): $JWT_CACHE. Portcullis checks a token's signature once and serves its repeats from this cache (keyed by the token, claims re-checked); HAProxy runs jwt_verify on every request. \`cargo bench --bench jwt\` gives the per-verification cost of a hit and of a miss"
+            echo "- portcullis verified-token cache over the JWT rounds (warm-ups included$( ((AUTHZ_ROWS)) && echo ', and the authz-off row')): $JWT_CACHE. Portcullis checks a token's signature once and serves its repeats from this cache (keyed by the token, claims re-checked); HAProxy runs jwt_verify on every request. \`cargo bench --bench jwt\` gives the per-verification cost of a hit and of a miss"
         fi
         for n in haproxy-jwt portcullis-jwt; do
             if [[ -n "${JWT_CHECK[$n]:-}" ]]; then
@@ -1194,6 +1338,40 @@ REPORT="$(
             echo "Portcullis/HAProxy JWT req/s ratio (medians): RS256 $(ratio "${RPS[portcullis-jwt-rs256]}" "${RPS[haproxy-jwt]}"), ES256 $(ratio "${RPS[portcullis-jwt-es256]}" "${RPS[haproxy-jwt]}")"
         else
             echo "Portcullis/HAProxy JWT req/s ratio: n/a (SKIP_PORTCULLIS=1)"
+        fi
+        echo
+        echo "### Authorization: off vs on"
+        echo
+        if [[ "$SKIP_AUTHZ" == 1 ]]; then
+            echo "Skipped (SKIP_AUTHZ=1)."
+        elif [[ "$SKIP_PORTCULLIS" == 1 ]]; then
+            echo "Skipped (SKIP_PORTCULLIS=1)."
+        else
+            echo "- load and request: as the ES256 row above (same oha command, GET https://$TLS_NAME:PORT$BENCH_PATH, dev client certificate), measured in the same rounds right after it"
+            echo "- token (both rows, fresh every round): \`portcullis dev-token --alg ES256 --iss $JWT_ISS --aud $JWT_AUD --sub bench --ttl 1h --scope \"a b c\" --tenant bench --claim 'accounts=[\"$AUTHZ_ACCOUNT\"]' --claim 'account_prefix=\"$AUTHZ_PREFIX\"'\`"
+            echo "- authz off: the JWT process above, route with \`authz: { authenticated: true }\`"
+            echo "- authz on: a third process, same gateway file apart from its ports, route with \`authz: { scopes: { all_of: [a, b, c] }, ownership: { all_of: [ { path: account_id, claim_contains: accounts }, { path: account_id, template: \"{account_prefix}*\" } ] } }\`"
+            echo "- sanity check: $AUTHZ_CHECK; curl negotiated ${TLS_SESSION[portcullis-authz]:-(unknown)}"
+            echo
+            echo "Median of $ROUNDS alternating rounds:"
+            echo
+            echo "| target | req/s | p50 ms | p99 ms | req/s ratio vs authz off |"
+            echo "|---|---:|---:|---:|---:|"
+            row "portcullis mTLS + JWT ES256, authz off → backend" portcullis-authz-off portcullis-authz-off
+            row "portcullis mTLS + JWT ES256, authz on (3 scopes, 2 ownership rules) → backend" portcullis-authz-on portcullis-authz-off
+            echo
+            for n in portcullis-authz-off portcullis-authz-on; do
+                if [[ -n "${NOTE[$n]:-}" && "${NOTE[$n]}" != "-" ]]; then echo "- warning, $n: ${NOTE[$n]}"; fi
+            done
+            echo "Rounds (req/s):"
+            echo
+            echo "| round | authz off | authz on | ratio |"
+            echo "|---:|---:|---:|---:|"
+            printf '%s\n' "${AUTHZ_ROUND_LINES[@]}"
+            echo
+            echo "Portcullis authz on/off req/s ratio (medians): $(ratio "${RPS[portcullis-authz-on]}" "${RPS[portcullis-authz-off]}")"
+            echo
+            echo "\`cargo bench --bench authz\` gives the CPU cost of one such decision."
         fi
     fi
 )"
