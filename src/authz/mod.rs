@@ -398,7 +398,9 @@ pub struct AuthzError {
 /// The outcome of one request's checks, for the audit log, the metrics and `explain`.
 #[derive(Debug, Clone, Default)]
 pub struct Trace {
-    /// Each check: (rule, passed, detail).
+    /// Record each check's detail (for `explain`; the request path skips the formatting).
+    pub verbose: bool,
+    /// Each check: (rule, passed, detail), when `verbose`.
     pub checks: Vec<(String, bool, String)>,
     /// Object ids looked at.
     pub object_ids: Vec<String>,
@@ -446,9 +448,11 @@ fn check_rbac(
     for (name, rule, have) in sets {
         let Some(rule) = rule else { continue };
         let ok = rule.holds(have);
-        trace
-            .checks
-            .push((name.to_owned(), ok, format!("needs {}", rule.text)));
+        if trace.verbose {
+            trace
+                .checks
+                .push((name.to_owned(), ok, format!("needs {}", rule.text)));
+        }
         if !ok {
             let mut err = forbidden(
                 if name == "scopes" {
@@ -472,11 +476,13 @@ fn check_rbac(
         let value = m.param(param);
         let tenant = principal.and_then(|p| p.tenant.as_deref());
         let ok = matches!((value, tenant), (Some(v), Some(t)) if v == t);
-        trace.checks.push((
-            "tenant".into(),
-            ok,
-            format!("path parameter `{param}` must be the caller's tenant"),
-        ));
+        if trace.verbose {
+            trace.checks.push((
+                "tenant".into(),
+                ok,
+                format!("path parameter `{param}` must be the caller's tenant"),
+            ));
+        }
         if !ok {
             return Outcome::Fail {
                 rule: "tenant",
@@ -626,7 +632,7 @@ async fn check_ownership(
     trace: &mut Trace,
 ) -> Outcome {
     let mut any_ok = false;
-    let mut first_fail: Option<String> = None;
+    let mut any_fail = false;
     for rule in &o.rules {
         let id = object_id(&rule.source, m, query, body);
         if let Some(id) = &id {
@@ -643,28 +649,30 @@ async fn check_ownership(
         if let Some(l) = label {
             metrics.ownership_failures.with_label_values(&[l]).inc();
         }
-        let detail = format!(
-            "{} {} → {}",
-            rule.source,
-            rule.check,
-            label.unwrap_or("owned")
-        );
-        trace
-            .checks
-            .push(("ownership".into(), label.is_none(), detail.clone()));
+        if trace.verbose {
+            let detail = format!(
+                "{} {} → {}",
+                rule.source,
+                rule.check,
+                label.unwrap_or("owned")
+            );
+            trace
+                .checks
+                .push(("ownership".into(), label.is_none(), detail));
+        }
         if label.is_none() {
             any_ok = true;
             if !o.all {
                 break;
             }
         } else {
-            first_fail.get_or_insert(detail);
+            any_fail = true;
             if o.all {
                 break;
             }
         }
     }
-    let ok = if o.all { first_fail.is_none() } else { any_ok };
+    let ok = if o.all { !any_fail } else { any_ok };
     if ok {
         return Outcome::Pass;
     }
@@ -963,7 +971,24 @@ pub async fn explain(
     body: Option<&serde_json::Value>,
     metrics: &Metrics,
 ) -> (Trace, Verdict) {
-    let mut trace = Trace::default();
+    evaluate(rules, rt, m, principal, query, body, metrics, true).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn evaluate(
+    rules: &RouteAuthz,
+    rt: &AuthzRuntime,
+    m: &RouteMatch,
+    principal: Option<&Principal>,
+    query: Option<&str>,
+    body: Option<&serde_json::Value>,
+    metrics: &Metrics,
+    verbose: bool,
+) -> (Trace, Verdict) {
+    let mut trace = Trace {
+        verbose,
+        ..Trace::default()
+    };
     let mut verdict = settle(
         check_rbac(rules, rt, principal, m, &mut trace),
         metrics,
@@ -999,7 +1024,10 @@ pub fn decide_now(
     body: Option<&serde_json::Value>,
     metrics: &Metrics,
 ) -> Option<(Trace, Verdict)> {
-    let fut = std::pin::pin!(explain(rules, rt, m, principal, query, body, metrics));
+    // As on the request path: no per-check detail strings.
+    let fut = std::pin::pin!(evaluate(
+        rules, rt, m, principal, query, body, metrics, false
+    ));
     let mut cx = Context::from_waker(std::task::Waker::noop());
     match fut.poll(&mut cx) {
         Poll::Ready(v) => Some(v),
