@@ -26,6 +26,9 @@ pub struct PeerIdentity {
     pub fingerprint_raw: [u8; 32],
     /// Not-after, Unix seconds.
     pub not_after: i64,
+    /// The `X-Portcullis-Client-Cert` value for the identity a request last matched, kept for
+    /// the connection's next requests (the same value is usual).
+    pub header_cache: std::sync::OnceLock<(Option<String>, Option<http::HeaderValue>)>,
 }
 
 /// SHA-256 of `der`.
@@ -73,6 +76,7 @@ impl PeerIdentity {
             fingerprint: crate::observe::request_id::to_hex(&fingerprint_raw),
             fingerprint_raw,
             not_after: cert.validity().not_after.timestamp(),
+            header_cache: std::sync::OnceLock::new(),
         })
     }
 }
