@@ -89,41 +89,7 @@ enum Command {
         keys: Vec<String>,
     },
     /// Print a signed development token (JWT) for trying routes with `auth: jwt`.
-    DevToken {
-        /// The signing key (PKCS#8 PEM: RSA, P-256 or Ed25519).
-        #[arg(long)]
-        key: PathBuf,
-        /// Key id (default: the key file stem).
-        #[arg(long)]
-        kid: Option<String>,
-        /// Algorithm (default from the key: RS256, ES256 or EdDSA; PS256 for RSA on request).
-        #[arg(long)]
-        alg: Option<String>,
-        /// `iss`.
-        #[arg(long)]
-        iss: String,
-        /// `aud`.
-        #[arg(long)]
-        aud: String,
-        /// `sub`.
-        #[arg(long)]
-        sub: Option<String>,
-        /// `tenant`.
-        #[arg(long)]
-        tenant: Option<String>,
-        /// `scope` (space separated).
-        #[arg(long)]
-        scope: Option<String>,
-        /// Lifetime, like `15m` or `1h`.
-        #[arg(long, default_value = "1h")]
-        ttl: String,
-        /// Bind the token to this client certificate (RFC 8705 `cnf.x5t#S256`).
-        #[arg(long)]
-        cnf_cert: Option<PathBuf>,
-        /// Extra claims, `NAME=JSON` (e.g. `accounts=["acc-100"]`); repeatable.
-        #[arg(long = "claim")]
-        claims: Vec<String>,
-    },
+    DevToken(TokenArgs),
     /// Serve the demo backend alone (for benchmarks).
     #[command(hide = true)]
     Backend {
@@ -202,43 +168,16 @@ fn main() -> ExitCode {
             Command::DevCerts { dir } => dev_certs(&dir),
             Command::Backend { listen, fixed } => backend(listen, fixed).await,
             Command::DevJwks { keys } => dev_jwks(&keys),
-            Command::DevToken {
-                key,
-                kid,
-                alg,
-                iss,
-                aud,
-                sub,
-                tenant,
-                scope,
-                ttl,
-                cnf_cert,
-                claims,
-            } => {
-                let args = TokenArgs {
-                    key,
-                    kid,
-                    alg,
-                    iss,
-                    aud,
-                    sub,
-                    tenant,
-                    scope,
-                    ttl,
-                    cnf_cert,
-                    claims,
-                };
-                match dev_token(&args) {
-                    Ok(token) => {
-                        out(&format!("{token}\n"));
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        err(&e);
-                        ExitCode::FAILURE
-                    }
+            Command::DevToken(args) => match dev_token(&args) {
+                Ok(token) => {
+                    out(&format!("{token}\n"));
+                    ExitCode::SUCCESS
                 }
-            }
+                Err(e) => {
+                    err(&e);
+                    ExitCode::FAILURE
+                }
+            },
         }
     })
 }
@@ -298,17 +237,41 @@ fn dev_jwks(keys: &[String]) -> ExitCode {
     }
 }
 
+/// `portcullis dev-token` arguments.
+#[derive(clap::Args)]
 struct TokenArgs {
+    /// The signing key (PKCS#8 PEM: RSA, P-256 or Ed25519).
+    #[arg(long)]
     key: PathBuf,
+    /// Key id (default: the key file stem).
+    #[arg(long)]
     kid: Option<String>,
+    /// Algorithm (default from the key: RS256, ES256 or EdDSA; PS256 for RSA on request).
+    #[arg(long)]
     alg: Option<String>,
+    /// `iss`.
+    #[arg(long)]
     iss: String,
+    /// `aud`.
+    #[arg(long)]
     aud: String,
+    /// `sub`.
+    #[arg(long)]
     sub: Option<String>,
+    /// `tenant`.
+    #[arg(long)]
     tenant: Option<String>,
+    /// `scope` (space separated).
+    #[arg(long)]
     scope: Option<String>,
+    /// Lifetime, like `15m` or `1h`.
+    #[arg(long, default_value = "1h")]
     ttl: String,
+    /// Bind the token to this client certificate (RFC 8705 `cnf.x5t#S256`).
+    #[arg(long)]
     cnf_cert: Option<PathBuf>,
+    /// Extra claims, `NAME=JSON` (e.g. `accounts=["acc-100"]`); repeatable.
+    #[arg(long = "claim")]
     claims: Vec<String>,
 }
 

@@ -499,7 +499,12 @@ where
         .map_err(|e| format!("HTTP: {e}"))
 }
 
-fn client_config(ca: &[PathBuf]) -> Result<Arc<rustls::ClientConfig>, String> {
+/// An HTTP/1.1 TLS client config trusting `ca` (the Mozilla roots when empty), for the
+/// gateway's own outbound calls (JWKS, ownership services).
+///
+/// # Errors
+/// When a CA file is unreadable.
+pub(crate) fn client_config(ca: &[PathBuf]) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     if ca.is_empty() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
