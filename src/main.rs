@@ -427,6 +427,11 @@ async fn demo() -> ExitCode {
             certs.display()
         ));
     }
+    // The JWKS always matches the signing keys on disk (and key ids of older versions).
+    if let Err(e) = portcullis::authn::devtools::write_dev_keys(&certs) {
+        err(&format!("cannot write the demo token keys: {e}"));
+        return ExitCode::FAILURE;
+    }
     let checked = match portcullis::demo::config(backends, &certs) {
         Ok(c) => c,
         Err(errors) => {

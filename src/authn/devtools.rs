@@ -253,10 +253,10 @@ pub fn write_dev_keys(dir: &Path) -> Result<(), String> {
         let kp = rcgen::KeyPair::generate_for(alg).map_err(|e| e.to_string())?;
         crate::tls::devcerts::write_private(&path, &kp.serialize_pem())?;
     }
-    let doc = jwks(&[
-        (dir.join("jwt-es256-key.pem"), "dev-es256".into()),
-        (dir.join("jwt-eddsa-key.pem"), "dev-eddsa".into()),
-    ])?;
+    // Key ids are what `dev-token` and `dev-jwks` default to for these files (their stems).
+    let files = [dir.join("jwt-es256-key.pem"), dir.join("jwt-eddsa-key.pem")];
+    let keys: Vec<_> = files.iter().map(|p| (p.clone(), default_kid(p))).collect();
+    let doc = jwks(&keys)?;
     std::fs::write(dir.join("jwks.json"), format!("{doc:#}\n"))
         .map_err(|e| format!("cannot write jwks.json: {e}"))
 }
@@ -274,8 +274,8 @@ mod tests {
         let jwks = std::fs::read_to_string(dir.join("jwks.json")).unwrap();
         let v = Verifier::for_bench("https://idp.test", "api", &jwks, &["ES256", "EdDSA"]);
         for (file, kid) in [
-            ("jwt-es256-key.pem", "dev-es256"),
-            ("jwt-eddsa-key.pem", "dev-eddsa"),
+            ("jwt-es256-key.pem", "jwt-es256"),
+            ("jwt-eddsa-key.pem", "jwt-eddsa"),
         ] {
             let key = DevKey::read(&dir.join(file)).unwrap();
             let spec = TokenSpec {

@@ -406,6 +406,8 @@ pub struct Trace {
     pub object_ids: Vec<String>,
     /// Rules in report mode that would have denied.
     pub would_deny: Vec<String>,
+    /// The ownership rule that failed, for the audit log (the caller only sees a 404).
+    pub ownership_failure: Option<String>,
 }
 
 enum Outcome {
@@ -667,6 +669,14 @@ async fn check_ownership(
             }
         } else {
             any_fail = true;
+            if trace.ownership_failure.is_none() {
+                trace.ownership_failure = Some(format!(
+                    "{} {} → {}",
+                    rule.source,
+                    rule.check,
+                    label.unwrap_or("owned")
+                ));
+            }
             if o.all {
                 break;
             }
@@ -904,7 +914,14 @@ where
     }
     let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let (decision, rule, reason) = match &verdict {
-        Err((rule, e)) => ("deny", (*rule).to_owned(), e.detail.clone()),
+        Err((rule, e)) => (
+            "deny",
+            (*rule).to_owned(),
+            match (&trace.ownership_failure, *rule) {
+                (Some(why), "ownership") => why.clone(),
+                _ => e.detail.clone(),
+            },
+        ),
         Ok(()) if !trace.would_deny.is_empty() => {
             ("report", "report".to_owned(), trace.would_deny.join("; "))
         }

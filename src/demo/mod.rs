@@ -116,7 +116,7 @@ pub fn tokens(certs: &std::path::Path) -> Result<Tokens, String> {
             expired[claim] = json!(v - shift);
         }
     }
-    let sign = |c: &serde_json::Value| key.sign("ES256", Some("dev-es256"), c);
+    let sign = |c: &serde_json::Value| key.sign("ES256", Some("jwt-es256"), c);
     Ok(Tokens {
         alice: sign(&alice)?,
         bob: sign(&bob)?,

@@ -130,7 +130,7 @@ fn token(
         cnf_cert_der: None,
         extra: e,
     });
-    key.sign("ES256", Some("dev-es256"), &c).unwrap()
+    key.sign("ES256", Some("jwt-es256"), &c).unwrap()
 }
 
 /// Starts the world; `audit` is the `audit:` block's extra keys (the path is set here unless
@@ -419,6 +419,10 @@ async fn the_reference_scenario_decides_as_specified() {
     assert_eq!(deny["subject"], "alice@acme");
     assert_eq!(deny["tenant"], "acme");
     assert_eq!(deny["object_ids"], json!(["acc-200"]));
+    assert_eq!(
+        deny["reason"], "body field `/from_account` claim_contains accounts → not_owned",
+        "the audit names the failing rule (the caller only saw a 404)"
+    );
     assert!(deny["request_id"].as_str().is_some_and(|s| !s.is_empty()));
     assert!(
         deny["peer_fingerprint"]
