@@ -115,6 +115,8 @@ pub struct Lookups {
     errors: AtomicU64,
     /// Answers given in advance (`portcullis explain`): no backend is asked.
     offline: Option<Offline>,
+    /// Answers are also kept in Redis (shared by every replica), not only in memory.
+    shared_cache: bool,
 }
 
 impl std::fmt::Debug for Lookups {
@@ -159,7 +161,26 @@ impl Lookups {
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             offline: None,
+            shared_cache: false,
         })
+    }
+
+    /// Keeps answers in Redis too (key `portcullis:ownership:<sha256 of the question>`, expiring
+    /// with the answer's TTL), so every replica sharing that Redis reuses them. Needs Redis.
+    #[must_use]
+    pub fn with_shared_cache(mut self, on: bool) -> Self {
+        self.shared_cache = on && self.redis.is_some();
+        self
+    }
+
+    fn shared_key(q: &Question) -> String {
+        let text = match q {
+            Question::RedisSetMember { key, member } => format!("redis\n{key}\n{member}"),
+            Question::Http { url, expect_status } => format!("http\n{url}\n{expect_status}"),
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("portcullis:ownership:{hex}")
     }
 
     /// Answers from the cache (true answers live `positive_ttl`, false ones `negative_ttl`;
@@ -234,6 +255,33 @@ impl Lookups {
                 done: false,
             };
             self.calls.fetch_add(1, Ordering::Relaxed);
+            // The answer another replica put in the shared cache, if any (a miss or an error
+            // there just means asking the backend).
+            if self.shared_cache
+                && let Some(r) = &self.redis
+                && let Ok(Some(answer)) = r
+                    .run(
+                        Cmd::Get {
+                            key: Self::shared_key(q),
+                        },
+                        deadline,
+                    )
+                    .await
+            {
+                let ttl = if answer {
+                    policy.positive_ttl
+                } else {
+                    policy.negative_ttl
+                };
+                self.cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(q, answer, ttl);
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                let result = Ok(answer);
+                flight.finish(&result);
+                return result;
+            }
             let call = async {
                 match (q, redis) {
                     (Question::RedisSetMember { key, member }, Some(redis)) => {
@@ -261,6 +309,30 @@ impl Lookups {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(q, answer, ttl);
+                if self.shared_cache
+                    && let Some(r) = &self.redis
+                    && !ttl.is_zero()
+                {
+                    // Fire and forget: the request does not wait for the cache write.
+                    let _ = r.queue().map(|tx| {
+                        // The Redis thread skips jobs nobody waits for: keep the reply's
+                        // receiver alive until the write is done.
+                        let (reply, done) = oneshot::channel();
+                        tokio::spawn(async move {
+                            let _ = done.await;
+                        });
+                        tx.try_send(Job {
+                            cmd: Cmd::SetPx {
+                                key: Self::shared_key(q),
+                                value: answer,
+                                ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                            },
+                            deadline: Instant::now() + Duration::from_secs(1),
+                            reply,
+                            retried: false,
+                        })
+                    });
+                }
             }
             flight.finish(&result);
             return result;
@@ -386,12 +458,22 @@ struct Redis {
     start: Mutex<()>,
 }
 
-/// One `SISMEMBER` for the Redis thread.
+/// A command for the Redis thread.
+#[derive(Clone)]
+enum Cmd {
+    /// `SISMEMBER key member` → yes / no.
+    IsMember { key: String, member: String },
+    /// `GET key` of a shared cached answer → `1` / `0` / none.
+    Get { key: String },
+    /// `SET key 1|0 PX ms` (a shared cached answer).
+    SetPx { key: String, value: bool, ms: u64 },
+}
+
+/// One command for the Redis thread.
 struct Job {
-    key: String,
-    member: String,
+    cmd: Cmd,
     deadline: Instant,
-    reply: oneshot::Sender<Result<bool, LookupError>>,
+    reply: oneshot::Sender<Result<Option<bool>, LookupError>>,
     /// Already resubmitted once after the connection broke under it.
     retried: bool,
 }
@@ -403,10 +485,20 @@ impl Redis {
         member: &str,
         deadline: Instant,
     ) -> Result<bool, LookupError> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
+        let cmd = Cmd::IsMember {
             key: key.to_owned(),
             member: member.to_owned(),
+        };
+        match self.run(cmd, deadline).await? {
+            Some(b) => Ok(b),
+            None => Err(LookupError::Failed("Redis: no SISMEMBER reply".into())),
+        }
+    }
+
+    async fn run(&self, cmd: Cmd, deadline: Instant) -> Result<Option<bool>, LookupError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            cmd,
             deadline,
             reply,
             retried: false,
@@ -551,26 +643,48 @@ async fn redis_loop(
 }
 
 async fn run_job(mut c: Conn, job: Job, requeue: mpsc::WeakSender<Job>) {
-    tracing::debug!(key = %job.key, "ownership SISMEMBER");
     let before = c.replies.load(Ordering::Relaxed);
-    let asked = tokio::time::timeout_at(
-        job.deadline.into(),
-        redis::cmd("SISMEMBER")
-            .arg(&job.key)
-            .arg(&job.member)
-            .query_async::<i64>(&mut c.mux),
-    )
-    .await;
+    let query = async {
+        match &job.cmd {
+            Cmd::IsMember { key, member } => {
+                tracing::debug!(key = %key, "ownership SISMEMBER");
+                redis::cmd("SISMEMBER")
+                    .arg(key)
+                    .arg(member)
+                    .query_async::<i64>(&mut c.mux)
+                    .await
+                    .map(|n| Some(n == 1))
+            }
+            Cmd::Get { key } => redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut c.mux)
+                .await
+                .map(|v| match v.as_deref() {
+                    Some("1") => Some(true),
+                    Some("0") => Some(false),
+                    _ => None,
+                }),
+            Cmd::SetPx { key, value, ms } => redis::cmd("SET")
+                .arg(key)
+                .arg(if *value { "1" } else { "0" })
+                .arg("PX")
+                .arg(*ms)
+                .query_async::<()>(&mut c.mux)
+                .await
+                .map(|()| None),
+        }
+    };
+    let asked = tokio::time::timeout_at(job.deadline.into(), query).await;
     let result = match asked {
-        Ok(Ok(n)) => {
+        Ok(Ok(v)) => {
             c.replies.fetch_add(1, Ordering::Relaxed);
-            Ok(n == 1)
+            Ok(v)
         }
         Ok(Err(e))
             if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() =>
         {
             c.broken.store(true, Ordering::Relaxed);
-            // SISMEMBER only reads: ask once more on a new connection (Redis restarted).
+            // Every command here is idempotent: ask once more on a new connection.
             if !job.retried {
                 if let Some(tx) = requeue.upgrade() {
                     let again = Job {

@@ -24,6 +24,8 @@ pub struct AuthzSettings {
     pub redis_url: Option<String>,
     /// Most cached ownership answers.
     pub cache_entries: usize,
+    /// Keep ownership answers in Redis too (shared by the replicas).
+    pub cache_in_redis: bool,
     /// The audit log.
     pub audit: AuditSettings,
 }
@@ -56,9 +58,26 @@ pub(super) fn check_gateway_authz(ctx: &mut Ctx<'_>, root: &Node) -> AuthzSettin
     }
     if let Some(node) = root.get("ownership_cache")
         && let Some(c) = ctx.decode::<raw::RawOwnershipCache>(node, "ownership_cache")
-        && let Some(n) = c.max_entries
     {
-        s.cache_entries = n;
+        if let Some(n) = c.max_entries {
+            s.cache_entries = n;
+        }
+        match c.store.as_deref() {
+            None | Some("memory") => {}
+            Some("redis") if s.redis_url.is_some() => s.cache_in_redis = true,
+            Some("redis") => ctx.err(
+                pos_of(node, "store"),
+                "ownership_cache.store",
+                "`store: redis` needs `redis: { url: … }` in the gateway file",
+                None,
+            ),
+            Some(other) => ctx.err(
+                pos_of(node, "store"),
+                "ownership_cache.store",
+                format!("`{other}` is not a cache store"),
+                Some("use `memory` (the default) or `redis`".into()),
+            ),
+        }
     }
     if let Some(node) = root.get("audit")
         && let Some(a) = ctx.decode::<raw::RawAudit>(node, "audit")

@@ -131,10 +131,13 @@ pub fn compile(checked: Checked, metrics: &Metrics) -> Result<Runtime, String> {
     });
     let authz = crate::authz::AuthzRuntime {
         tables: checked.tables.clone(),
-        lookups: Arc::new(crate::authz::lookup::Lookups::new(
-            checked.authz.redis_url.as_deref(),
-            checked.authz.cache_entries,
-        )?),
+        lookups: Arc::new(
+            crate::authz::lookup::Lookups::new(
+                checked.authz.redis_url.as_deref(),
+                checked.authz.cache_entries,
+            )?
+            .with_shared_cache(checked.authz.cache_in_redis),
+        ),
         audit: crate::authz::audit::Audit::start(&checked.authz.audit, metrics)?,
     };
     Ok(Runtime {

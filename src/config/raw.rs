@@ -391,6 +391,8 @@ pub struct RawRedis {
 pub struct RawOwnershipCache {
     /// Most cached answers (0: off).
     pub max_entries: Option<usize>,
+    /// `memory` (default) or `redis` (answers shared by every replica using that Redis).
+    pub store: Option<String>,
 }
 
 /// The audit log.

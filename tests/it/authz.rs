@@ -777,3 +777,79 @@ async fn an_http_ownership_service_is_asked_once_per_ttl_and_failures_deny() {
     assert!(failures(&samples, "not_owned") >= 1.0);
     assert_eq!(w.hits(), 2);
 }
+
+#[tokio::test]
+async fn replicas_share_ownership_answers_through_redis_when_configured() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    let redis = crate::support::redis::RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let c = calls.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            let c = c.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        async {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(Bytes::new()),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let routes = format!(
+        "routes:\n  - name: doc\n    methods: [GET]\n    path: /v1/docs/{{doc_id}}\n    cluster: main\n    auth: jwt\n    authz:\n      ownership:\n        all_of:\n          - path: doc_id\n            http: {{ url: \"http://{addr}/owners/{{tenant}}/{{id}}\", timeout: 500ms, positive_ttl: 60s }}\n"
+    );
+    let shared = format!(
+        "redis:\n  url: {}\nownership_cache:\n  store: redis\n",
+        redis.url()
+    );
+    // Two replicas: their own processes' worth of state (config, memory cache), one Redis.
+    let a = world_with(&routes, "", None, &shared).await;
+    let b = world_with(&routes, "", None, &shared).await;
+    let alice_a = token(&a.key, "alice@acme", "acme", "", &[], json!({}));
+    let alice_b = token(&b.key, "alice@acme", "acme", "", &[], json!({}));
+    let r = a
+        .call(
+            Some(&a.pki.client),
+            "GET",
+            "/v1/docs/doc-1",
+            Some(&alice_a),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The answer lands in Redis (written after the response, off the request path) ...
+    eventually(
+        "the shared answer in Redis",
+        std::time::Duration::from_secs(3),
+        || async { redis.cmd(&["DBSIZE"]) == 1 },
+    )
+    .await;
+    // ... and replica b, which has never asked, answers from it.
+    let r = b
+        .call(
+            Some(&b.pki.client),
+            "GET",
+            "/v1/docs/doc-1",
+            Some(&alice_b),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "b never asked the service");
+}
