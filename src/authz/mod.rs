@@ -953,7 +953,13 @@ where
             peer_fingerprint: peer,
             route: m.route.name.to_string(),
             method: req.method().as_str().to_owned(),
-            object_ids: trace.object_ids.clone(),
+            // Object ids may be card numbers: the audit keeps only their first six and last
+            // four digits.
+            object_ids: trace
+                .object_ids
+                .iter()
+                .map(|id| crate::observe::redact::mask_pans(id).into_owned())
+                .collect(),
             decision,
             rule,
             reason,

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod logging;
 pub mod metrics;
+pub mod redact;
 pub mod request_id;
 
 use std::pin::Pin;
@@ -96,7 +97,10 @@ where
         req.extensions_mut().insert(slot.clone());
         let id = req.extensions().get::<RequestId>().cloned();
         let method = req.method().clone();
-        let path: Option<Box<str>> = self.access_log.then(|| req.uri().path().into());
+        // Card numbers in a path are masked before they reach the log.
+        let path: Option<Box<str>> = self
+            .access_log
+            .then(|| redact::mask_pans(req.uri().path()).into());
         let span = tracing::info_span!(
             "request",
             request_id = id.as_ref().map_or("", RequestId::as_str)

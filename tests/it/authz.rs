@@ -397,6 +397,34 @@ async fn the_reference_scenario_decides_as_specified() {
         "no teller role"
     );
 
+    // A card number as an object id is masked in the audit (first six, last four).
+    let r = w
+        .call(
+            client,
+            "GET",
+            "/v1/cards/4111111111111111",
+            Some(&teller),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    eventually(
+        "the card denial audited",
+        std::time::Duration::from_secs(3),
+        || async {
+            w.audit_lines()
+                .iter()
+                .any(|l| l["object_ids"] == json!(["411111******1111"]))
+        },
+    )
+    .await;
+    assert!(
+        !std::fs::read_to_string(&w.audit_path)
+            .unwrap_or_default()
+            .contains("4111111111111111"),
+        "no full card number in the audit log"
+    );
+
     // Every deny and every allowed write was audited, without tokens.
     let text = std::fs::read_to_string(&w.audit_path).unwrap_or_default();
     assert!(
