@@ -700,9 +700,18 @@ async fn redis_ownership_follows_the_set_and_fails_closed_when_redis_is_down() {
     .await;
     let hits = w.hits();
     redis.stop();
-    std::thread::sleep(std::time::Duration::from_millis(350)); // past every cached answer
+    // A ledger no answer is cached for: the question must go to the stopped Redis.
     let started = std::time::Instant::now();
-    assert_eq!(get().await.status, 404, "Redis down: denied");
+    let r = w
+        .call(
+            Some(&w.pki.client),
+            "GET",
+            "/v1/ledgers/led-2",
+            Some(&alice),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 404, "Redis down: denied");
     assert!(
         started.elapsed() < std::time::Duration::from_millis(1500),
         "{:?}",
@@ -714,11 +723,14 @@ async fn redis_ownership_follows_the_set_and_fails_closed_when_redis_is_down() {
     assert!(failures(&samples, "not_owned") >= 2.0);
 }
 
-#[tokio::test]
-async fn an_http_ownership_service_is_asked_once_per_ttl_and_failures_deny() {
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicUsize;
-    let calls = Arc::new(AtomicUsize::new(0));
+/// An ownership service on port 0 that counts its calls: `/owners/acme/doc-1` is owned (200),
+/// everything else is not (404), and a path ending in `/slow` answers after 2 s.
+async fn ownership_service() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let c = calls.clone();
@@ -756,6 +768,12 @@ async fn an_http_ownership_service_is_asked_once_per_ttl_and_failures_deny() {
             });
         }
     });
+    (addr, calls, server)
+}
+
+#[tokio::test]
+async fn an_http_ownership_service_is_asked_once_per_ttl_and_failures_deny() {
+    let (addr, calls, server) = ownership_service().await;
     let routes = format!(
         "routes:\n  - name: doc\n    methods: [GET]\n    path: /v1/docs/{{doc_id}}\n    cluster: main\n    auth: jwt\n    authz:\n      ownership:\n        all_of:\n          - path: doc_id\n            http: {{ url: \"http://{addr}/owners/{{tenant}}/{{id}}\", expect_status: 200, timeout: 300ms, positive_ttl: 60s, negative_ttl: 60s }}\n"
     );
@@ -808,36 +826,8 @@ async fn an_http_ownership_service_is_asked_once_per_ttl_and_failures_deny() {
 
 #[tokio::test]
 async fn replicas_share_ownership_answers_through_redis_when_configured() {
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicUsize;
     let redis = crate::support::redis::RedisServer::start();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let c = calls.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                continue;
-            };
-            let c = c.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |_req: http::Request<hyper::body::Incoming>| {
-                        c.fetch_add(1, Ordering::SeqCst);
-                        async {
-                            Ok::<_, std::convert::Infallible>(http::Response::new(
-                                http_body_util::Full::new(Bytes::new()),
-                            ))
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
+    let (addr, calls, _server) = ownership_service().await;
     let routes = format!(
         "routes:\n  - name: doc\n    methods: [GET]\n    path: /v1/docs/{{doc_id}}\n    cluster: main\n    auth: jwt\n    authz:\n      ownership:\n        all_of:\n          - path: doc_id\n            http: {{ url: \"http://{addr}/owners/{{tenant}}/{{id}}\", timeout: 500ms, positive_ttl: 60s }}\n"
     );

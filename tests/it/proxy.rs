@@ -203,19 +203,22 @@ async fn forwarded_headers_from_a_trusted_proxy_are_extended() {
     assert_eq!(v["headers"]["x-forwarded-proto"], "https");
 }
 
-/// A backend that counts its TCP connections and closes a keep-alive connection that stays
-/// idle for 300 ms, as upstream servers do.
-async fn closing_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+/// A backend that counts its TCP connections (accepted, closed) and closes a keep-alive
+/// connection that stays idle for 300 ms, as upstream servers do.
+async fn closing_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
+    let ended = closed.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             count.fetch_add(1, Ordering::SeqCst);
+            let ended = ended.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|_req| async {
                     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
@@ -227,15 +230,16 @@ async fn closing_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
                     .header_read_timeout(std::time::Duration::from_millis(300))
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                     .await;
+                ended.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
-    (addr, accepted)
+    (addr, accepted, closed)
 }
 
 #[tokio::test]
 async fn upstream_connections_are_reused_and_replaced_when_the_upstream_closed_them() {
-    let (addr, accepted) = closing_backend().await;
+    let (addr, accepted, closed) = closing_backend().await;
     let clusters = format!("  accounts:\n    endpoints: [\"{addr}\"]\n");
     let routes = "routes:\n  - name: any\n    methods: [GET, POST]\n    path: /v1/{x}\n    cluster: accounts\n    auth: public\n";
     let gw = Gateway::start(&gateway_yaml(&clusters, "workers: 1"), routes).await;
@@ -257,7 +261,12 @@ async fn upstream_connections_are_reused_and_replaced_when_the_upstream_closed_t
 
     // The backend closes the idle connection; the next requests (a POST too, which is never
     // retried once written) find it closed before writing and go out on a new connection.
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    eventually(
+        "the backend to close the idle connection",
+        std::time::Duration::from_secs(3),
+        || async { closed.load(Ordering::SeqCst) == 1 },
+    )
+    .await;
     for method in ["POST", "GET", "POST"] {
         let res = call(method).await.unwrap();
         assert_eq!(res.status(), 200, "{method} after the upstream closed");
