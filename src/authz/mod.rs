@@ -768,12 +768,15 @@ async fn take_json_body(
 #[derive(Debug, Clone)]
 pub struct AuthzLayer {
     metrics: Arc<Metrics>,
+    allowed: prometheus::IntCounter,
 }
 
 impl AuthzLayer {
     /// Counts decisions in `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+        // Resolved once: a label lookup takes a lock and hashes on every call.
+        let allowed = metrics.authz_decisions.with_label_values(&["all", "allow"]);
+        Self { metrics, allowed }
     }
 }
 
@@ -783,6 +786,7 @@ impl<S> Layer<S> for AuthzLayer {
         Authz {
             inner,
             metrics: self.metrics.clone(),
+            allowed: self.allowed.clone(),
         }
     }
 }
@@ -792,6 +796,7 @@ impl<S> Layer<S> for AuthzLayer {
 pub struct Authz<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    allowed: prometheus::IntCounter,
 }
 
 type Fut = BoxFuture<Result<Response<Body>, GatewayError>>;
@@ -833,12 +838,16 @@ where
             let principal = ext.get::<Arc<Principal>>().cloned();
             let outcome = check_rbac(&rules, &runtime.authz, principal.as_deref(), m, &mut trace);
             match settle(outcome, &metrics, &mut trace) {
-                Ok(()) if trace.would_deny.is_empty() => return self.inner.call(req),
+                Ok(()) if trace.would_deny.is_empty() => {
+                    self.allowed.inc();
+                    return self.inner.call(req);
+                }
                 _ => {}
             }
         }
         let inner = self.inner.clone();
-        Box::pin(async move { decide(req, rules, runtime, metrics, inner).await })
+        let allowed = self.allowed.clone();
+        Box::pin(async move { decide(req, rules, runtime, metrics, allowed, inner).await })
     }
 }
 
@@ -872,6 +881,7 @@ async fn decide<S>(
     rules: Arc<RouteAuthz>,
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
+    allowed: prometheus::IntCounter,
     inner: S,
 ) -> Result<Response<Body>, GatewayError>
 where
@@ -880,7 +890,8 @@ where
     let rt = &runtime.authz;
     let mut trace = Trace::default();
     let principal = req.extensions().get::<Arc<Principal>>().cloned();
-    let Some(m) = req.extensions().get::<RouteMatch>().cloned() else {
+    // Taken out (not cloned) while the checks run; put back for the forwarder.
+    let Some(m) = req.extensions_mut().remove::<RouteMatch>() else {
         return Err(GatewayError::Internal(
             "authorization without a route".into(),
         ));
@@ -898,11 +909,10 @@ where
         } else {
             None
         };
-        let query = req.uri().query().map(str::to_owned);
         let outcome = check_ownership(
             o,
             &m,
-            query.as_deref(),
+            req.uri().query(),
             body.as_ref(),
             principal.as_deref(),
             &rt.lookups,
@@ -912,33 +922,28 @@ where
         .await;
         verdict = settle(outcome, &metrics, &mut trace);
     }
+    match &verdict {
+        Ok(()) => allowed.inc(),
+        Err((rule, _)) => metrics
+            .authz_decisions
+            .with_label_values(&[rule, "deny"])
+            .inc(),
+    }
     let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let (decision, rule, reason) = match &verdict {
-        Err((rule, e)) => (
-            "deny",
-            (*rule).to_owned(),
-            match (&trace.ownership_failure, *rule) {
-                (Some(why), "ownership") => why.clone(),
-                _ => e.detail.clone(),
-            },
-        ),
-        Ok(()) if !trace.would_deny.is_empty() => {
-            ("report", "report".to_owned(), trace.would_deny.join("; "))
-        }
-        Ok(()) => ("allow", "all".to_owned(), "every rule passed".to_owned()),
-    };
-    metrics
-        .authz_decisions
-        .with_label_values(&[
-            if decision == "deny" {
-                rule.as_str()
-            } else {
-                "all"
-            },
-            if decision == "deny" { "deny" } else { "allow" },
-        ])
-        .inc();
-    if decision != "allow" || writes {
+    let reported = !trace.would_deny.is_empty();
+    if rt.audit.enabled() && (verdict.is_err() || reported || writes) {
+        let (decision, rule, reason) = match &verdict {
+            Err((rule, e)) => (
+                "deny",
+                (*rule).to_owned(),
+                match (&trace.ownership_failure, *rule) {
+                    (Some(why), "ownership") => why.clone(),
+                    _ => e.detail.clone(),
+                },
+            ),
+            Ok(()) if reported => ("report", "report".to_owned(), trace.would_deny.join("; ")),
+            Ok(()) => ("allow", "all".to_owned(), "every rule passed".to_owned()),
+        };
         let id = req.extensions().get::<RequestId>();
         let peer = req
             .extensions()
@@ -976,7 +981,10 @@ where
         }
     }
     match verdict {
-        Ok(()) => inner.oneshot(req).await,
+        Ok(()) => {
+            req.extensions_mut().insert(m);
+            inner.oneshot(req).await
+        }
         Err((_, e)) => Err(GatewayError::Authz(e)),
     }
 }
