@@ -178,9 +178,11 @@ impl Lookups {
             Question::RedisSetMember { key, member } => format!("redis\n{key}\n{member}"),
             Question::Http { url, expect_status } => format!("http\n{url}\n{expect_status}"),
         };
-        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        format!("portcullis:ownership:{hex}")
+        let digest = crate::tls::identity::sha256(text.as_bytes());
+        format!(
+            "portcullis:ownership:{}",
+            crate::observe::request_id::to_hex(&digest)
+        )
     }
 
     /// Answers from the cache (true answers live `positive_ttl`, false ones `negative_ttl`;
