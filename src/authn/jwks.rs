@@ -412,16 +412,22 @@ async fn fetch(settings: &JwksSettings) -> Result<(Vec<Key>, Option<Duration>), 
             Ok((parse_jwks(&body)?, None))
         }
         JwksSource::Url(url) => {
-            let (body, max_age) = tokio::time::timeout(settings.timeout, get(url, &settings.ca))
-                .await
-                .map_err(|_| format!("no answer within {:?}", settings.timeout))??;
+            let (body, max_age) =
+                tokio::time::timeout(settings.timeout, get(url, &settings.ca, settings.timeout))
+                    .await
+                    .map_err(|_| format!("no answer within {:?}", settings.timeout))??;
             Ok((parse_jwks(&body)?, max_age))
         }
     }
 }
 
 /// GETs `url`; returns the body and the `Cache-Control: max-age`.
-async fn get(url: &str, ca: &[PathBuf]) -> Result<(Bytes, Option<Duration>), String> {
+async fn get(
+    url: &str,
+    ca: &[PathBuf],
+    timeout: Duration,
+) -> Result<(Bytes, Option<Duration>), String> {
+    let deadline = Instant::now() + timeout;
     let uri: http::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
     let https = match uri.scheme_str() {
         Some("https") => true,
@@ -457,9 +463,13 @@ async fn get(url: &str, ca: &[PathBuf]) -> Result<(Bytes, Option<Duration>), Str
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS: {e}"))?;
-        send(TokioIo::new(tls), req).await?
+        exchange(TokioIo::new(tls), req, deadline)
+            .await
+            .map_err(|e| format!("HTTP: {e}"))?
     } else {
-        send(TokioIo::new(tcp), req).await?
+        exchange(TokioIo::new(tcp), req, deadline)
+            .await
+            .map_err(|e| format!("HTTP: {e}"))?
     };
     if res.status() != http::StatusCode::OK {
         return Err(format!("status {}", res.status().as_u16()));
@@ -480,23 +490,24 @@ async fn get(url: &str, ca: &[PathBuf]) -> Result<(Bytes, Option<Duration>), Str
     Ok((body, max_age))
 }
 
-async fn send<IO>(
+/// One HTTP/1.1 exchange on `io` for the gateway's own outbound calls (JWKS, ownership
+/// services); the connection task ends with the exchange, or at `deadline` at the latest.
+///
+/// # Errors
+/// The handshake or the exchange failed.
+pub(crate) async fn exchange<IO>(
     io: IO,
     req: http::Request<Empty<Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, String>
+    deadline: Instant,
+) -> Result<http::Response<hyper::body::Incoming>, hyper::Error>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("HTTP: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = tokio::time::timeout_at(deadline.into(), conn).await;
     });
-    sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("HTTP: {e}"))
+    sender.send_request(req).await
 }
 
 /// An HTTP/1.1 TLS client config trusting `ca` (the Mozilla roots when empty), for the

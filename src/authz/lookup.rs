@@ -764,9 +764,13 @@ async fn http_get(url: &str, expect_status: u16, deadline: Instant) -> Result<bo
             .connect(name, tcp)
             .await
             .map_err(|e| failed(format!("ownership service TLS: {e}")))?;
-        send(TokioIo::new(tls), req, deadline).await?
+        crate::authn::jwks::exchange(TokioIo::new(tls), req, deadline)
+            .await
+            .map_err(|e| LookupError::Failed(format!("ownership service HTTP: {e}")))?
     } else {
-        send(TokioIo::new(tcp), req, deadline).await?
+        crate::authn::jwks::exchange(TokioIo::new(tcp), req, deadline)
+            .await
+            .map_err(|e| LookupError::Failed(format!("ownership service HTTP: {e}")))?
     };
     let status = res.status().as_u16();
     let answer = if status == expect_status {
@@ -789,27 +793,6 @@ async fn http_get(url: &str, expect_status: u16, deadline: Instant) -> Result<bo
     })
     .await;
     answer
-}
-
-async fn send<IO>(
-    io: IO,
-    req: http::Request<Empty<Bytes>>,
-    deadline: Instant,
-) -> Result<http::Response<hyper::body::Incoming>, LookupError>
-where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| LookupError::Failed(format!("ownership service HTTP: {e}")))?;
-    // The connection task ends with the exchange, or at the deadline at the latest.
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout_at(deadline.into(), conn).await;
-    });
-    sender
-        .send_request(req)
-        .await
-        .map_err(|e| LookupError::Failed(format!("ownership service HTTP: {e}")))
 }
 
 /// The TLS client config for `https` ownership services (Mozilla roots), built once.
