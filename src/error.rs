@@ -29,6 +29,10 @@ pub enum GatewayError {
     /// Authorization refused (403 / 404), or a write could not be audited (503).
     #[error(transparent)]
     Authz(#[from] crate::authz::AuthzError),
+    /// A rate limit or upstream quota refused the request (429), or a `fail_closed` tier could
+    /// not reach its shared limiter (503).
+    #[error(transparent)]
+    RateLimited(#[from] crate::ratelimit::RateLimitError),
     /// The request itself is malformed.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -66,6 +70,8 @@ pub struct Problem {
     allow: Option<String>,
     #[serde(skip)]
     www_authenticate: Option<String>,
+    #[serde(skip)]
+    extra_headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl Problem {
@@ -87,6 +93,7 @@ impl Problem {
             kind,
             allow: None,
             www_authenticate: None,
+            extra_headers: Vec::new(),
         }
     }
 
@@ -120,6 +127,9 @@ impl Problem {
             .and_then(|a| HeaderValue::from_str(a).ok())
         {
             headers.insert(header::WWW_AUTHENTICATE, v);
+        }
+        for (k, v) in std::mem::take(&mut self.extra_headers) {
+            headers.insert(k, v);
         }
         if let Some(id) = request_id {
             headers.insert(crate::observe::request_id::X_REQUEST_ID, id.header_value());
@@ -250,6 +260,16 @@ pub fn problem(err: &GatewayError) -> Problem {
                     r#"Bearer realm="portcullis", error="insufficient_scope", scope="{scope}""#
                 ));
             }
+            p
+        }
+        GatewayError::RateLimited(e) => {
+            let title = if e.status == S::TOO_MANY_REQUESTS {
+                "Too many requests"
+            } else {
+                "Rate limiting is unavailable"
+            };
+            let mut p = Problem::new(e.status, e.kind, title, e.detail.clone());
+            p.extra_headers.clone_from(&e.headers);
             p
         }
         GatewayError::BadRequest(what) => Problem::new(

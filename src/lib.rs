@@ -13,6 +13,7 @@ pub mod demo;
 pub mod error;
 pub mod observe;
 pub mod proxy;
+pub mod ratelimit;
 pub mod sanitize;
 pub mod server;
 pub mod tls;

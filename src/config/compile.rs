@@ -31,6 +31,8 @@ pub struct Runtime {
     pub verifier: Option<Arc<crate::authn::jwt::Verifier>>,
     /// Authorization tables, ownership lookups and the audit log.
     pub authz: crate::authz::AuthzRuntime,
+    /// Rate limiters and quotas.
+    pub limits: crate::ratelimit::RateLimits,
     /// The settings this was compiled from (listeners, admin, limits).
     pub settings: Checked,
 }
@@ -68,6 +70,7 @@ pub fn compile(checked: Checked, metrics: &Metrics) -> Result<Runtime, String> {
         };
         built.push((cluster, pool, HashMap::new()));
     }
+    let mut limits = crate::ratelimit::RateLimits::new(&checked.limits, checked.workers, metrics)?;
     let mut router = Router::default();
     for r in &checked.routes {
         let Some((cluster, pool, clients)) = built.get_mut(r.cluster) else {
@@ -102,6 +105,34 @@ pub fn compile(checked: Checked, metrics: &Metrics) -> Result<Runtime, String> {
             metrics: Arc::new(crate::observe::metrics::RouteMetrics::new(
                 r.name.as_str().into(),
             )),
+            limit: crate::ratelimit::RouteLimit {
+                cost: r.rate_limit.cost.max(1),
+                per_route: r.rate_limit.per_route,
+                override_bucket: r.rate_limit.override_limit.map(|limit| {
+                    // An override keeps the failure mode of the default tier.
+                    let base = checked
+                        .limits
+                        .default_tier
+                        .and_then(|i| checked.limits.tiers.get(i));
+                    limits.add_override(
+                        crate::ratelimit::BucketSettings {
+                            name: format!("route:{}", r.name),
+                            limit,
+                            on_failure: base
+                                .map_or(crate::ratelimit::OnRedisFailure::FailOpenLocal, |b| {
+                                    b.on_failure
+                                }),
+                            local_share: base.map_or(1.0, |b| b.local_share),
+                            per_route: true,
+                        },
+                        checked.limits.max_keys,
+                        metrics,
+                    )
+                }),
+                quota: checked.clusters[r.cluster].quota.map(|(limit, active)| {
+                    limits.add_quota(&checked.clusters[r.cluster].name, limit, active, metrics)
+                }),
+            },
         });
         router
             .insert(r.host.as_deref(), &r.template, &r.methods, route)
@@ -146,6 +177,7 @@ pub fn compile(checked: Checked, metrics: &Metrics) -> Result<Runtime, String> {
         clusters,
         verifier,
         authz,
+        limits,
         settings: checked,
     })
 }

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod authz;
 pub mod compile;
+pub mod limits;
 pub mod raw;
 pub mod reload;
 pub mod validate;
@@ -208,12 +209,14 @@ pub fn load_sources(
         valid: &part.issuers,
         declared: &part.issuer_names,
     };
+    let policy_limits = limits::check_policy_limits(&parsed, &mut errors);
     let (routes, tables, warnings) = validate::check_policies(
         &parsed,
         &part.clusters,
         &declared,
         &issuer_names,
         part.authz.redis_url.is_some(),
+        &policy_limits.tiers,
         &mut errors,
     );
     // A line blanked to get past a syntax error leaves its item short of a key; that is the
@@ -243,6 +246,17 @@ pub fn load_sources(
         jwt: part.jwt,
         authz: part.authz,
         tables,
+        limits: crate::ratelimit::RateLimitSettings {
+            redis: part.limits.redis,
+            max_keys: part.limits.max_keys,
+            headers_on_all: part.limits.headers_on_all,
+            tier_claim: policy_limits.tier_claim,
+            per_ip: part.limits.per_ip,
+            per_client_cert: part.limits.per_client_cert,
+            tiers: policy_limits.tiers,
+            tenants: policy_limits.tenants,
+            default_tier: policy_limits.default_tier,
+        },
         warnings,
     })
 }

@@ -185,6 +185,8 @@ pub struct RawCluster {
     pub max_idle_per_endpoint: Option<usize>,
     /// TLS to the endpoints (plain when absent).
     pub tls: Option<RawUpstreamTls>,
+    /// The provider's quota, shared fairly among active tenants.
+    pub quota: Option<RawQuota>,
 }
 
 /// Logging.
@@ -248,6 +250,99 @@ pub struct RawRoute {
     pub jwt: Option<RawRouteJwt>,
     /// Authorization rules (RBAC, tenant isolation, object ownership).
     pub authz: Option<RawAuthz>,
+    /// Rate-limit cost and overrides of this route.
+    pub rate_limit: Option<RawRouteLimit>,
+}
+
+/// A quota written as `rate` (`100/s`, `600/m`, `10000/h`, `100000/d`) and `burst`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    /// Requests per unit of time, like `100/s` or `600/m`.
+    pub rate: String,
+    /// Requests a full bucket admits at once (default: the rate's count).
+    pub burst: Option<u32>,
+}
+
+/// A route's `rate_limit:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteLimit {
+    /// Cells one request takes (default 1).
+    pub cost: Option<u32>,
+    /// One bucket per tenant and route, with the tier's quota.
+    #[serde(default)]
+    pub per_route: bool,
+    /// This route's own quota per tenant, replacing the tier's.
+    #[serde(rename = "override")]
+    pub override_limit: Option<RawLimit>,
+}
+
+/// A tier in the policies' `rate_limits.tiers`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    /// Requests per unit of time.
+    pub rate: String,
+    /// Requests a full bucket admits at once (default: the rate's count).
+    pub burst: Option<u32>,
+    /// `fail_open_local` (default) or `fail_closed`.
+    pub on_redis_failure: Option<String>,
+    /// The share of the limit applied locally while Redis is down (default 1).
+    pub local_share: Option<f64>,
+    /// One bucket per tenant and route instead of one per tenant.
+    #[serde(default)]
+    pub per_route: bool,
+}
+
+/// A policies file's `rate_limits:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyLimits {
+    /// The tier of tenants not in `tenants` (required when tiers are defined).
+    pub default_tier: Option<String>,
+    /// A token claim naming the caller's tier (the tenant map wins over it).
+    pub tier_claim: Option<String>,
+    /// Tiers by name.
+    #[serde(default)]
+    pub tiers: std::collections::BTreeMap<String, RawTier>,
+    /// Tenant → tier.
+    #[serde(default)]
+    pub tenants: std::collections::BTreeMap<String, String>,
+}
+
+/// The gateway file's `rate_limits:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimits {
+    /// `local` (default) or `redis` (needs `redis.url`).
+    pub store: Option<String>,
+    /// The longest a decision waits on Redis (default 50ms).
+    pub redis_timeout: Option<Dur>,
+    /// After a Redis failure, how long before one request probes it again (default 1s).
+    pub probe_interval: Option<Dur>,
+    /// Redis key namespace (default `portcullis:rl`).
+    pub key_prefix: Option<String>,
+    /// Most keys each local limiter keeps (default 100000).
+    pub max_keys: Option<usize>,
+    /// `limited` (default: `RateLimit` fields on refusals) or `all`.
+    pub headers: Option<String>,
+    /// Limit per client IP, before authentication.
+    pub per_ip: Option<RawLimit>,
+    /// Limit per client certificate, before authentication.
+    pub per_client_cert: Option<RawLimit>,
+}
+
+/// A cluster's `quota:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    /// Requests per unit of time the provider allows.
+    pub rate: String,
+    /// Requests at once (default: the rate's count).
+    pub burst: Option<u32>,
+    /// A tenant counts as active this long after its last request (default 60s).
+    pub active_for: Option<Dur>,
 }
 
 /// `enforce` (default) or `report` (evaluate, log and count would-denies, allow).
@@ -532,9 +627,10 @@ pub const GATEWAY_KEYS: &[&str] = &[
     "redis",
     "ownership_cache",
     "audit",
+    "rate_limits",
 ];
 /// Top-level keys of a policies file.
-pub const POLICY_KEYS: &[&str] = &["routes", "roles"];
+pub const POLICY_KEYS: &[&str] = &["routes", "roles", "rate_limits"];
 
 #[cfg(test)]
 mod tests {

@@ -85,8 +85,9 @@ impl Reloader {
             })
         });
         match result {
-            Ok(runtime) => {
+            Ok(mut runtime) => {
                 let old = self.config.load();
+                runtime.limits.inherit(&old.limits);
                 if old.settings.listeners != runtime.settings.listeners
                     || old.settings.admin != runtime.settings.admin
                 {

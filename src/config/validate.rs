@@ -61,6 +61,8 @@ pub struct ClusterSettings {
     pub max_idle_per_endpoint: usize,
     /// TLS to the endpoints, when configured.
     pub tls: Option<crate::tls::client::UpstreamTls>,
+    /// The provider's quota and how long a tenant counts as active.
+    pub quota: Option<(crate::ratelimit::Limit, Duration)>,
 }
 
 /// A validated route.
@@ -90,6 +92,8 @@ pub struct RouteSettings {
     pub require_bound_tokens: bool,
     /// Authorization rules (`None`: public, or mTLS identities only).
     pub authz: Option<crate::authz::RouteAuthz>,
+    /// Rate-limit cost and overrides.
+    pub rate_limit: crate::ratelimit::RouteLimitSettings,
 }
 
 /// The whole configuration after validation.
@@ -125,6 +129,8 @@ pub struct Checked {
     pub authz: super::authz::AuthzSettings,
     /// Interned scopes, roles and permissions (role → permissions from `roles:`).
     pub tables: crate::authz::Tables,
+    /// Rate limits: tiers, tenants, pre-authentication limits, the store.
+    pub limits: crate::ratelimit::RateLimitSettings,
     /// Problems that do not stop the config (printed by `validate`, logged at load).
     pub warnings: Vec<ConfigError>,
 }
@@ -304,6 +310,7 @@ pub(super) struct GatewayPart {
     pub issuer_names: Vec<String>,
     pub jwt: super::auth::JwtSettings,
     pub authz: super::authz::AuthzSettings,
+    pub limits: super::limits::GatewayLimits,
 }
 
 pub(super) fn check_gateway(
@@ -507,7 +514,9 @@ pub(super) fn check_gateway(
     let (issuers, issuer_names) = super::auth::check_issuers(&mut ctx, root);
     let jwt = super::auth::check_jwt(&mut ctx, root);
     let authz = super::authz::check_gateway_authz(&mut ctx, root);
+    let limits = super::limits::check_gateway_limits(&mut ctx, root, authz.redis_url.as_deref());
     GatewayPart {
+        limits,
         listeners,
         admin,
         clusters,
@@ -786,6 +795,10 @@ fn check_cluster(
         }
         _ => {}
     }
+    let quota = match &c.quota {
+        Some(q) => Some(super::limits::check_quota(ctx, node, path, q)?),
+        None => None,
+    };
     if endpoints.len() != c.endpoints.len() || endpoints.is_empty() || !tls_ok {
         return None;
     }
@@ -799,6 +812,7 @@ fn check_cluster(
         pool_idle_timeout: dur(c.pool_idle_timeout, Duration::from_secs(90)),
         max_idle_per_endpoint: c.max_idle_per_endpoint.unwrap_or(64),
         tls,
+        quota,
     })
 }
 
@@ -817,6 +831,7 @@ pub(super) fn check_policies(
     declared_clusters: &[String],
     issuers: &super::auth::IssuerNames<'_>,
     redis: bool,
+    tiers: &[crate::ratelimit::BucketSettings],
     errors: &mut Vec<ConfigError>,
 ) -> (Vec<RouteSettings>, crate::authz::Tables, Vec<ConfigError>) {
     let mut routes = Vec::new();
@@ -883,6 +898,7 @@ pub(super) fn check_policies(
                 declared_clusters,
                 issuers,
                 &mut ac,
+                tiers,
                 &mut names,
                 &mut shapes,
             ) {
@@ -903,6 +919,7 @@ fn check_route(
     declared: &[String],
     issuers: &super::auth::IssuerNames<'_>,
     ac: &mut super::authz::AuthzContext<'_>,
+    tiers: &[crate::ratelimit::BucketSettings],
     names: &mut HashMap<String, Origin>,
     shapes: &mut HashMap<(Option<String>, String), HashMap<Method, Origin>>,
 ) -> Option<RouteSettings> {
@@ -1154,12 +1171,16 @@ fn check_route(
         ),
         None => None,
     };
+    let rate_limit =
+        super::limits::check_route_limit(ctx, node, path, r.rate_limit.as_ref(), tiers);
     let cluster = cluster?;
     let c = &clusters[cluster];
     let (auth, jwt_issuers, require_bound_tokens) = auth?;
+    let rate_limit = rate_limit?;
     let authz = authz?;
     ok.then(|| RouteSettings {
         authz,
+        rate_limit,
         mtls,
         auth,
         jwt_issuers,

@@ -73,6 +73,16 @@ pub struct MetricsInner {
     pub ownership_failures: IntCounterVec,
     /// Audit records by result (`written`, `dropped`, `failed`).
     pub audit: IntCounterVec,
+    /// Tenant rate-limit decisions by tier and result.
+    pub ratelimit_decisions: IntCounterVec,
+    /// Pre-authentication limit decisions by limit (`per_ip`, `per_client_cert`) and result.
+    pub preauth_decisions: IntCounterVec,
+    /// Upstream quota decisions by cluster and result.
+    pub upstream_quota_decisions: IntCounterVec,
+    /// Rate-limit Redis calls that failed, by kind (`timeout`, `error`).
+    pub ratelimit_redis_errors: IntCounterVec,
+    /// 1 while the rate-limit Redis is considered down and tiers apply their failure mode.
+    pub ratelimit_fallback_active: IntGauge,
 }
 
 impl std::fmt::Debug for MetricsInner {
@@ -248,6 +258,38 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let ratelimit_decisions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_ratelimit_decisions_total",
+                "Tenant rate-limit decisions, by tier and result (allow, deny, fallback_allow, fallback_deny, unavailable).",
+            ),
+            &["tier", "result"],
+        )?;
+        let preauth_decisions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_preauth_limit_decisions_total",
+                "Pre-authentication limit decisions, by limit (per_ip, per_client_cert) and result.",
+            ),
+            &["limit", "result"],
+        )?;
+        let upstream_quota_decisions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_upstream_quota_decisions_total",
+                "Upstream quota decisions, by cluster and result.",
+            ),
+            &["cluster", "result"],
+        )?;
+        let ratelimit_redis_errors = IntCounterVec::new(
+            Opts::new(
+                "portcullis_ratelimit_redis_errors_total",
+                "Rate-limit Redis calls that failed, by kind (timeout, error).",
+            ),
+            &["kind"],
+        )?;
+        let ratelimit_fallback_active = IntGauge::new(
+            "portcullis_ratelimit_fallback_active",
+            "1 while the rate-limit Redis is down and tiers apply their failure mode.",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "portcullis_build_info",
@@ -284,6 +326,11 @@ impl Metrics {
         registry.register(Box::new(authz_decisions.clone()))?;
         registry.register(Box::new(ownership_failures.clone()))?;
         registry.register(Box::new(audit.clone()))?;
+        registry.register(Box::new(ratelimit_decisions.clone()))?;
+        registry.register(Box::new(preauth_decisions.clone()))?;
+        registry.register(Box::new(upstream_quota_decisions.clone()))?;
+        registry.register(Box::new(ratelimit_redis_errors.clone()))?;
+        registry.register(Box::new(ratelimit_fallback_active.clone()))?;
         Ok(Self(Arc::new(MetricsInner {
             registry,
             none_route: RouteMetrics::new("none".into()),
@@ -309,6 +356,11 @@ impl Metrics {
             authz_decisions,
             ownership_failures,
             audit,
+            ratelimit_decisions,
+            preauth_decisions,
+            upstream_quota_decisions,
+            ratelimit_redis_errors,
+            ratelimit_fallback_active,
         })))
     }
 

@@ -239,6 +239,8 @@ pub struct Route {
     pub authz: Option<Arc<crate::authz::RouteAuthz>>,
     /// The route's metric handles.
     pub metrics: Arc<crate::observe::metrics::RouteMetrics>,
+    /// Rate-limit cost, buckets and cluster quota.
+    pub limit: crate::ratelimit::RouteLimit,
 }
 
 thread_local! {
@@ -248,6 +250,11 @@ thread_local! {
 /// Marks the current thread as traffic worker `id` (selects its upstream pools).
 pub fn set_worker(id: usize) {
     WORKER.with(|w| w.set(id));
+}
+
+/// The traffic worker running on this thread (0 elsewhere).
+pub fn worker_id() -> usize {
+    WORKER.with(std::cell::Cell::get)
 }
 
 impl Route {
@@ -284,6 +291,7 @@ impl Route {
             auth: crate::authn::RouteAuth::default(),
             authz: None,
             metrics: Arc::new(crate::observe::metrics::RouteMetrics::new(name.into())),
+            limit: crate::ratelimit::RouteLimit::default(),
         }
     }
 }

@@ -6,12 +6,16 @@
 //! 3. [`Rescue`] — every error below becomes one problem+json response (stage 12).
 //! 4. [`ConfigLayer`] — one `ArcSwap::load` of the current config per request.
 //! 5. [`HygieneLayer`] — hop-by-hop and identity headers, `X-Forwarded-*` (stage 4).
-//! 6. [`ROUTER_LAYER`] — host + method + path → route, or 404/405 (stage 5).
-//! 7. [`AuthnLayer`] — the route's `auth` rule: bearer token (JWT via JWKS) and/or mTLS
+//! 6. [`PRE_AUTH_LAYER`] — limits per client IP and client certificate, before any token
+//!    work (stage 6).
+//! 7. [`ROUTER_LAYER`] — host + method + path → route, or 404/405 (stage 5).
+//! 8. [`AuthnLayer`] — the route's `auth` rule: bearer token (JWT via JWKS) and/or mTLS
 //!    identity; verified identity headers upstream (stage 7).
-//! 8. [`AuthzLayer`] — scopes/roles/permissions, tenant isolation, object ownership (BOLA),
+//! 9. [`AuthzLayer`] — scopes/roles/permissions, tenant isolation, object ownership (BOLA),
 //!    report-only rules, the audit log (stage 8).
-//! 9. [`Forward`] — the upstream call (stage 11).
+//! 10. [`RateLimitLayer`] — the tenant's tier and the route's cost, then the cluster's quota
+//!     (stage 9).
+//! 11. [`Forward`] — the upstream call (stage 11).
 //!
 //! Later stages (authentication, authorization, rate limits, body checks) slot in between the
 //! router and the forwarder, here and nowhere else.
@@ -30,6 +34,7 @@ use crate::config::reload::ConfigLayer;
 use crate::observe::ObserveLayer;
 use crate::observe::request_id::RequestIdLayer;
 use crate::proxy::{Forward, ROUTER_LAYER, Rescue};
+use crate::ratelimit::{PRE_AUTH_LAYER, RateLimitLayer};
 use crate::sanitize::HygieneLayer;
 
 use super::Shared;
@@ -49,9 +54,11 @@ pub fn build(shared: &Arc<Shared>, access_log: bool) -> Pipeline {
         .layer_fn(Rescue::new)
         .layer(ConfigLayer::new(shared.config.clone()))
         .layer(HygieneLayer)
+        .layer(PRE_AUTH_LAYER)
         .layer(ROUTER_LAYER)
         .layer(AuthnLayer::new(metrics.clone()))
         .layer(AuthzLayer::new(metrics.clone()))
+        .layer(RateLimitLayer::new(metrics.clone()))
         .service(Forward::new(metrics));
     BoxCloneService::new(svc)
 }
