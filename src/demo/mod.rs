@@ -166,6 +166,11 @@ Try these (each response carries X-Request-Id; errors are application/problem+js
     -H 'Content-Type: application/json' \
     -d '{{"from_account": "acc-200", "to_account": "acc-100", "amount": "1.00", "currency": "EUR"}}'
 
+  # globex is on the free tier (5 at once, then 10 a minute): the loop runs into 429, and the
+  # refusal carries Retry-After and the RateLimit-Policy / RateLimit fields
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' $CERTS https://localhost:{port}/v1/accounts/acc-200 -H "Authorization: Bearer $BOB"; done; echo
+  curl -si $CERTS https://localhost:{port}/v1/accounts/acc-200 -H "Authorization: Bearer $BOB" | grep -iE '^(HTTP|retry-after|ratelimit)'
+
   # no token, an expired token, a tampered token: 401 with WWW-Authenticate and the reason
   curl -si $CERTS https://localhost:{port}/v1/accounts/acc-100
   curl -si $CERTS https://localhost:{port}/v1/accounts/acc-100 -H "Authorization: Bearer $EXPIRED"
@@ -185,7 +190,7 @@ Try these (each response carries X-Request-Id; errors are application/problem+js
   curl -si $CERTS -X DELETE https://localhost:{port}/v1/payments
 
   # metrics (handshakes, requests by route, authentication results) and health
-  curl -s http://{admin}/metrics | grep -E 'portcullis_(tls_handshakes|requests|authn)_total'
+  curl -s http://{admin}/metrics | grep -E 'portcullis_(tls_handshakes|requests|authn|ratelimit_decisions)_total'
   curl -s http://{admin}/readyz
 
 Press Ctrl-C to stop.

@@ -199,7 +199,8 @@ impl LocalLimiter {
                     remaining: 0,
                     // The whole cost must fit: the wait until the bucket holds `cost` cells.
                     retry_after: wait,
-                    reset: wait + self.limit.interval * cost.get().saturating_sub(1),
+                    // The bucket is full again `burst - cost` cells after the cost fits.
+                    reset: wait + self.limit.interval * self.limit.burst.saturating_sub(cost.get()),
                 }
             }
             // The cost exceeds the burst: it can never pass.

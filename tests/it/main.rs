@@ -15,5 +15,6 @@ mod limits;
 mod lookup;
 mod observe;
 mod proxy;
+mod ratelimit;
 mod reload;
 mod tls;

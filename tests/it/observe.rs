@@ -208,6 +208,29 @@ async fn the_demo_serves_the_reference_scenario_over_mtls() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["tenant_id"], "acme");
 
+    // globex is on the demo's free tier (a burst of 5, then 10 a minute): above it, 429 with
+    // Retry-After and the RateLimit fields; alice (acme, enterprise) is unaffected.
+    let bob = format!("Bearer {}", tokens.bob);
+    let bob = [("authorization", bob.as_str())];
+    for _ in 0..5 {
+        let (r, _) = web.get("/v1/accounts/acc-200", &bob).await.unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let (r, _) = web.get("/v1/accounts/acc-200", &bob).await.unwrap();
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["type"], "urn:portcullis:problem:rate-limited");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=6).contains(&retry), "one request every 6 s: {retry}");
+    assert_eq!(r.header("ratelimit-policy"), Some("\"free\";q=5;w=30"));
+    assert!(
+        r.header("ratelimit")
+            .unwrap()
+            .starts_with("\"free\";r=0;t=")
+    );
+    let (r, _) = web.get("/v1/accounts/acc-100", &bearer).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(text_contains_loop(addr, &running, certs.path(), &tokens));
+
     // The rogue certificate (other CA) and no certificate are refused.
     let rogue_attempt = async {
         connect(addr, client_config(&ca, Some(&rogue), &[b"http/1.1"]))
@@ -233,4 +256,15 @@ async fn the_demo_serves_the_reference_scenario_over_mtls() {
     )));
     assert!(text.contains("client.pem") && text.contains("service.pem"));
     running.shutdown().await;
+}
+
+/// The demo prints the free-tier loop that shows the 429.
+fn text_contains_loop(
+    addr: std::net::SocketAddr,
+    running: &portcullis::server::Running,
+    certs: &std::path::Path,
+    tokens: &portcullis::demo::Tokens,
+) -> bool {
+    let text = portcullis::demo::curl_commands(addr, running.admin_addr, certs, tokens);
+    text.contains("for i in 1 2 3 4 5 6") && text.contains("retry-after|ratelimit")
 }
