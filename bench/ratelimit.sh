@@ -138,6 +138,22 @@ PY
     done
 done
 
+# Latency alone: one connection, so the p50/p99 difference is the Redis round-trip itself and
+# not queueing behind 64 connections.
+declare -A L50 L99
+for round in $(seq 1 "$ROUNDS"); do
+    for row in "${ROWS[@]}"; do
+        out="$TMP/lat-$row-$round.json"
+        oha --no-tui -z "$DURATION" -c 1 --output-format json \
+            -H "Authorization: Bearer $TOKEN" \
+            "http://127.0.0.1:${PORT[$row]}/v1/accounts/acc-100" >"$out" 2>/dev/null
+        read -r p50 p99 < <(python3 -c 'import json, sys; lp = json.load(open(sys.argv[1]))["latencyPercentiles"]; print("%.1f %.1f" % (lp["p50"] * 1e6, lp["p99"] * 1e6))' "$out")
+        L50[$row]+="$p50 "
+        L99[$row]+="$p99 "
+        log "round $round $row, 1 connection: p50 $p50 µs, p99 $p99 µs"
+    done
+done
+
 median() { python3 -c 'import statistics, sys; print("%.3f" % statistics.median(map(float, sys.argv[1:])))' $1; }
 echo "| rate limits | req/s (median of $ROUNDS) | p50 ms | p99 ms | req/s vs off | p99 added vs off |"
 echo "|---|---:|---:|---:|---:|---:|"
@@ -150,6 +166,17 @@ for row in "${ROWS[@]}"; do
     ratio="$(python3 -c "print('%.2f' % ($rps / $off_rps))")"
     added="$(python3 -c "print('%+.3f ms' % ($p99 - $off_p99))")"
     printf '| %s | %.0f | %s | %s | %s | %s |\n' "$row" "$rps" "$p50" "$p99" "$ratio" "$added"
+done
+echo
+echo "| rate limits, 1 connection | p50 µs | p99 µs | p50 added vs off | p99 added vs off |"
+echo "|---|---:|---:|---:|---:|"
+off_l50="$(median "${L50[off]}")"
+off_l99="$(median "${L99[off]}")"
+for row in "${ROWS[@]}"; do
+    l50="$(median "${L50[$row]}")"
+    l99="$(median "${L99[$row]}")"
+    printf '| %s | %.1f | %.1f | %+.1f µs | %+.1f µs |\n' "$row" "$l50" "$l99" \
+        "$(python3 -c "print($l50 - $off_l50)")" "$(python3 -c "print($l99 - $off_l99)")"
 done
 echo
 echo "Per round req/s: off ${RPS[off]}; local ${RPS[local]}; redis ${RPS[redis]}"
