@@ -18,6 +18,14 @@ const ISS: &str = "https://idp.acme.example";
 const ROUTES: &str = r#"
 roles:
   teller: [payments:create, accounts:read]
+rate_limits:
+  default_tier: enterprise
+  tiers:
+    enterprise: { rate: 1000/s, burst: 1000 }
+    free: { rate: 10/m, burst: 3 }
+  tenants:
+    acme: enterprise
+    globex: free
 routes:
   - name: get-account
     methods: [GET]
@@ -341,6 +349,32 @@ async fn the_reference_scenario_decides_as_specified() {
         .await;
     assert_problem(&r, 403);
     assert_eq!(w.hits(), 4);
+
+    // globex is on the free tier (3 at once, then 10 a minute): above it → 429 with
+    // Retry-After, and the request never reaches the backend. bob's refused payment above was
+    // refused before the rate limit (authorization first), so it spent nothing.
+    for _ in 0..3 {
+        let r = w
+            .call(client, "GET", "/v1/accounts/acc-200", Some(&bob), b"")
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(w.hits(), 7);
+    let r = w
+        .call(client, "GET", "/v1/accounts/acc-200", Some(&bob), b"")
+        .await;
+    let v = assert_problem(&r, 429);
+    assert_eq!(v["type"], "urn:portcullis:problem:rate-limited");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=6).contains(&retry), "one request per 6 s: {retry}");
+    assert_eq!(r.header("ratelimit-policy"), Some("\"free\";q=3;w=18"));
+    assert_eq!(w.hits(), 7, "a limited request never reaches the backend");
+    // acme (enterprise) is not affected by globex's limit.
+    let r = w
+        .call(client, "GET", "/v1/accounts/acc-100", Some(&alice), b"")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(w.hits(), 8);
 
     // Templates and query references: acme-* cards are alice's; others only with an owned account.
     let teller = token(
