@@ -33,6 +33,9 @@ pub enum GatewayError {
     /// not reach its shared limiter (503).
     #[error(transparent)]
     RateLimited(#[from] crate::ratelimit::RateLimitError),
+    /// Request hygiene or body checks refused the request (400, 408, 413, 414, 415, 422, 431).
+    #[error(transparent)]
+    Refused(#[from] crate::sanitize::Refusal),
     /// The request itself is malformed.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -64,6 +67,9 @@ pub struct Problem {
     /// The machine-readable reason of an authentication refusal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// Each failing place of a refused body: a JSON Pointer and what is wrong there.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<crate::sanitize::FieldError>,
     #[serde(skip)]
     kind: &'static str,
     #[serde(skip)]
@@ -90,6 +96,7 @@ impl Problem {
             instance: String::new(),
             request_id: String::new(),
             reason: None,
+            errors: Vec::new(),
             kind,
             allow: None,
             www_authenticate: None,
@@ -114,6 +121,10 @@ impl Problem {
             HeaderValue::from_static("application/problem+json"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
         if let Some(allow) = self
             .allow
             .as_deref()
@@ -270,6 +281,16 @@ pub fn problem(err: &GatewayError) -> Problem {
             };
             let mut p = Problem::new(e.status, e.kind, title, e.detail.clone());
             p.extra_headers.clone_from(&e.headers);
+            p
+        }
+        GatewayError::Refused(r) => {
+            let mut p = Problem::new(r.status, r.kind, r.title, r.detail.clone());
+            p.reason = Some(r.reason);
+            p.errors.clone_from(&r.errors);
+            if r.close {
+                p.extra_headers
+                    .push((header::CONNECTION, HeaderValue::from_static("close")));
+            }
             p
         }
         GatewayError::BadRequest(what) => Problem::new(

@@ -55,6 +55,11 @@ where
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
 
 /// A body holding `bytes` (or nothing).
+pub fn empty() -> Body {
+    full(bytes::Bytes::new())
+}
+
+/// A complete body of `bytes`.
 pub fn full(bytes: impl Into<bytes::Bytes>) -> Body {
     boxed(http_body_util::Full::new(bytes.into()))
 }

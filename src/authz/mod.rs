@@ -759,7 +759,14 @@ async fn take_json_body(
             }));
         }
     };
-    let parsed = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+    // Only strict JSON is read for object references: with duplicate keys (or anything else
+    // parsers disagree on) the backend could act on another id than the one checked here, so
+    // such a body has no references and the ownership rule denies.
+    let strict =
+        crate::sanitize::json::check(&bytes, &crate::sanitize::json::JsonLimits::default());
+    let parsed = strict
+        .ok()
+        .and_then(|()| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
     *req.body_mut() = crate::full(bytes);
     Ok(parsed)
 }

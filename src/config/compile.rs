@@ -105,6 +105,8 @@ pub fn compile(checked: Checked, metrics: &Metrics) -> Result<Runtime, String> {
             metrics: Arc::new(crate::observe::metrics::RouteMetrics::new(
                 r.name.as_str().into(),
             )),
+            body: r.body.clone(),
+            keep_cache_control: r.keep_cache_control,
             limit: crate::ratelimit::RouteLimit {
                 cost: r.rate_limit.cost.max(1),
                 per_route: r.rate_limit.per_route,

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod authz;
 pub mod compile;
+pub mod hygiene;
 pub mod limits;
 pub mod raw;
 pub mod reload;
@@ -246,6 +247,7 @@ pub fn load_sources(
         jwt: part.jwt,
         authz: part.authz,
         tables,
+        hygiene: part.hygiene,
         limits: crate::ratelimit::RateLimitSettings {
             redis: part.limits.redis,
             max_keys: part.limits.max_keys,

@@ -252,6 +252,85 @@ pub struct RawRoute {
     pub authz: Option<RawAuthz>,
     /// Rate-limit cost and overrides of this route.
     pub rate_limit: Option<RawRouteLimit>,
+    /// Body rules: content types, size cap, strict JSON, schema, money.
+    pub body: Option<RawRouteBody>,
+    /// Response rules.
+    pub response: Option<RawRouteResponse>,
+}
+
+/// A route's `body:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteBody {
+    /// Accepted media types, like `application/json` (any when absent).
+    pub content_types: Option<Vec<String>>,
+    /// Largest body in bytes.
+    pub max_bytes: Option<u64>,
+    /// Strict JSON checks (on with their defaults when `schema` or `money` is set).
+    pub json: Option<RawJsonLimits>,
+    /// A JSON Schema (draft 2020-12): a file path relative to the policies file, or the schema
+    /// itself as a map.
+    pub schema: Option<serde_json::Value>,
+    /// Money amounts as decimal strings.
+    #[serde(default)]
+    pub money: Vec<RawMoney>,
+    /// Time to receive a body that is read before forwarding (default 10s).
+    pub read_timeout: Option<Dur>,
+}
+
+/// Strict JSON limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJsonLimits {
+    /// Deepest nesting (default 32).
+    pub max_depth: Option<usize>,
+    /// Most keys per object (default 1000).
+    pub max_keys: Option<usize>,
+    /// Most elements per array (default 10000).
+    pub max_array_len: Option<usize>,
+    /// Longest string in bytes (default 65536).
+    pub max_string_bytes: Option<usize>,
+}
+
+/// A money rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMoney {
+    /// JSON Pointer to the amount (a decimal string).
+    pub amount: String,
+    /// JSON Pointer to the ISO 4217 currency code.
+    pub currency: String,
+    /// Most integer digits (default 15).
+    pub max_integer_digits: Option<u8>,
+}
+
+/// A route's `response:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteResponse {
+    /// Keep the upstream's `Cache-Control` instead of `no-store`.
+    #[serde(default)]
+    pub keep_cache_control: bool,
+}
+
+/// The gateway file's `hygiene:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHygiene {
+    /// Longest path (default 2048 bytes; 414 above).
+    pub max_path_bytes: Option<usize>,
+    /// Longest query (default 4096 bytes; 414 above).
+    pub max_query_bytes: Option<usize>,
+    /// Most query parameters (default 64).
+    pub max_query_params: Option<usize>,
+    /// Upstream response headers to remove besides `Server` and `X-Powered-By`.
+    #[serde(default)]
+    pub remove_response_headers: Vec<String>,
+    /// `Strict-Transport-Security` on TLS connections (`off` disables).
+    pub hsts: Option<String>,
+    /// Replace upstream 5xx bodies with a problem+json (status and request id only).
+    #[serde(default)]
+    pub scrub_upstream_5xx: bool,
 }
 
 /// A quota written as `rate` (`100/s`, `600/m`, `10000/h`, `100000/d`) and `burst`.
@@ -628,6 +707,7 @@ pub const GATEWAY_KEYS: &[&str] = &[
     "ownership_cache",
     "audit",
     "rate_limits",
+    "hygiene",
 ];
 /// Top-level keys of a policies file.
 pub const POLICY_KEYS: &[&str] = &["routes", "roles", "rate_limits"];

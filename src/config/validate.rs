@@ -94,6 +94,10 @@ pub struct RouteSettings {
     pub authz: Option<crate::authz::RouteAuthz>,
     /// Rate-limit cost and overrides.
     pub rate_limit: crate::ratelimit::RouteLimitSettings,
+    /// Body rules (`None`: any body, streamed).
+    pub body: Option<Arc<crate::sanitize::body::RouteBody>>,
+    /// Keep the upstream's `Cache-Control`.
+    pub keep_cache_control: bool,
 }
 
 /// The whole configuration after validation.
@@ -131,6 +135,8 @@ pub struct Checked {
     pub tables: crate::authz::Tables,
     /// Rate limits: tiers, tenants, pre-authentication limits, the store.
     pub limits: crate::ratelimit::RateLimitSettings,
+    /// Request and response hygiene.
+    pub hygiene: crate::sanitize::HygieneSettings,
     /// Problems that do not stop the config (printed by `validate`, logged at load).
     pub warnings: Vec<ConfigError>,
 }
@@ -311,6 +317,7 @@ pub(super) struct GatewayPart {
     pub jwt: super::auth::JwtSettings,
     pub authz: super::authz::AuthzSettings,
     pub limits: super::limits::GatewayLimits,
+    pub hygiene: crate::sanitize::HygieneSettings,
 }
 
 pub(super) fn check_gateway(
@@ -515,7 +522,9 @@ pub(super) fn check_gateway(
     let jwt = super::auth::check_jwt(&mut ctx, root);
     let authz = super::authz::check_gateway_authz(&mut ctx, root);
     let limits = super::limits::check_gateway_limits(&mut ctx, root, authz.redis_url.as_deref());
+    let hygiene = super::hygiene::check_gateway_hygiene(&mut ctx, root);
     GatewayPart {
+        hygiene,
         limits,
         listeners,
         admin,
@@ -1173,6 +1182,20 @@ fn check_route(
     };
     let rate_limit =
         super::limits::check_route_limit(ctx, node, path, r.rate_limit.as_ref(), tiers);
+    let body = match &r.body {
+        Some(b) => {
+            let file = ctx.file.clone();
+            let base = Path::new(&*file).parent().unwrap_or(Path::new("."));
+            match super::hygiene::check_route_body(ctx, node, path, b, base) {
+                Some(b) => Some(Arc::new(b)),
+                None => {
+                    ok = false;
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let cluster = cluster?;
     let c = &clusters[cluster];
     let (auth, jwt_issuers, require_bound_tokens) = auth?;
@@ -1181,6 +1204,8 @@ fn check_route(
     ok.then(|| RouteSettings {
         authz,
         rate_limit,
+        body,
+        keep_cache_control: r.response.as_ref().is_some_and(|x| x.keep_cache_control),
         mtls,
         auth,
         jwt_issuers,

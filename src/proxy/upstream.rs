@@ -241,6 +241,10 @@ pub struct Route {
     pub metrics: Arc<crate::observe::metrics::RouteMetrics>,
     /// Rate-limit cost, buckets and cluster quota.
     pub limit: crate::ratelimit::RouteLimit,
+    /// Body rules (`None`: any body, streamed).
+    pub body: Option<Arc<crate::sanitize::body::RouteBody>>,
+    /// Keep the upstream's `Cache-Control` (else `no-store`).
+    pub keep_cache_control: bool,
 }
 
 thread_local! {
@@ -292,6 +296,8 @@ impl Route {
             authz: None,
             metrics: Arc::new(crate::observe::metrics::RouteMetrics::new(name.into())),
             limit: crate::ratelimit::RouteLimit::default(),
+            body: None,
+            keep_cache_control: false,
         }
     }
 }

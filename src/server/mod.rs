@@ -46,6 +46,9 @@ pub struct ConnInfo {
     pub peer_ip: http::HeaderValue,
     /// The verified client certificate's identity (mTLS connections only).
     pub identity: Option<Arc<crate::tls::identity::PeerIdentity>>,
+    /// Framing mistakes found in the connection's raw HTTP/1 bytes (see
+    /// [`crate::sanitize::framing`]).
+    pub framing: Arc<crate::sanitize::framing::FramingVerdict>,
 }
 
 /// State shared by every connection and the reloader.
@@ -388,6 +391,7 @@ async fn accept_loop(
             peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
             identity: None,
+            framing: Arc::default(),
         };
         tracker.open.fetch_add(1, Ordering::SeqCst);
         open.inc();
@@ -551,6 +555,9 @@ impl Drop for InFlightGuard {
 struct ActivityIo<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// Follows HTTP/1 request heads for framing mistakes hyper forgives.
+    scanner: crate::sanitize::framing::HeadScanner,
+    framing: Arc<crate::sanitize::framing::FramingVerdict>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
@@ -563,6 +570,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.activity.reads.fetch_add(1, Ordering::Relaxed);
+            let this = &mut *self;
+            if this.scanner.active() {
+                this.scanner.feed(&buf.filled()[before..], &this.framing);
+            }
         }
         r
     }
@@ -616,6 +627,8 @@ async fn serve_connection<S>(
     let io = TokioIo::new(ActivityIo {
         inner: stream,
         activity: activity.clone(),
+        scanner: crate::sanitize::framing::HeadScanner::default(),
+        framing: info.framing.clone(),
     });
     let act = activity.clone();
     let peer = info.peer;

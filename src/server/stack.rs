@@ -5,7 +5,9 @@
 //!    request id onto every response.
 //! 3. [`Rescue`] — every error below becomes one problem+json response (stage 12).
 //! 4. [`ConfigLayer`] — one `ArcSwap::load` of the current config per request.
-//! 5. [`HygieneLayer`] — hop-by-hop and identity headers, `X-Forwarded-*` (stage 4).
+//! 5. [`HygieneLayer`] — framing and header checks, one normal form for path and query
+//!    (stage 2), hop-by-hop and identity headers, `X-Forwarded-*` (stage 4); upstream response
+//!    hygiene on the way out (stage 12).
 //! 6. [`PRE_AUTH_LAYER`] — limits per client IP and client certificate, before any token
 //!    work (stage 6).
 //! 7. [`ROUTER_LAYER`] — host + method + path → route, or 404/405 (stage 5).
@@ -15,7 +17,8 @@
 //!    report-only rules, the audit log (stage 8).
 //! 10. [`RateLimitLayer`] — the tenant's tier and the route's cost, then the cluster's quota
 //!     (stage 9).
-//! 11. [`Forward`] — the upstream call (stage 11).
+//! 11. [`BodyLayer`] — content types, size caps, strict JSON, JSON Schema, money (stage 10).
+//! 12. [`Forward`] — the upstream call (stage 11).
 //!
 //! Later stages (authentication, authorization, rate limits, body checks) slot in between the
 //! router and the forwarder, here and nowhere else.
@@ -36,6 +39,7 @@ use crate::observe::request_id::RequestIdLayer;
 use crate::proxy::{Forward, ROUTER_LAYER, Rescue};
 use crate::ratelimit::{PRE_AUTH_LAYER, RateLimitLayer};
 use crate::sanitize::HygieneLayer;
+use crate::sanitize::body::BodyLayer;
 
 use super::Shared;
 
@@ -59,6 +63,7 @@ pub fn build(shared: &Arc<Shared>, access_log: bool) -> Pipeline {
         .layer(AuthnLayer::new(metrics.clone()))
         .layer(AuthzLayer::new(metrics.clone()))
         .layer(RateLimitLayer::new(metrics.clone()))
+        .layer(BodyLayer)
         .service(Forward::new(metrics));
     BoxCloneService::new(svc)
 }

@@ -10,6 +10,7 @@ mod cli;
 mod correlation;
 mod errors;
 mod explain;
+mod hygiene;
 mod jwt;
 mod limits;
 mod lookup;

@@ -1,0 +1,133 @@
+//! Request framing and header checks (pipeline stage 2), run on the request exactly as hyper
+//! parsed it — before hop-by-hop headers are stripped and before routing.
+//!
+//! hyper already refuses most malformed HTTP/1.1 (bad chunk sizes, obs-fold, bare LF in the
+//! request line, invalid header names, conflicting `Content-Length`s) and h2 refuses
+//! connection-specific headers and bad pseudo-headers. What a backend could still read
+//! differently from us is refused here, and the connection is closed after the answer:
+//!
+//! - `Transfer-Encoding` other than exactly one `chunked`, or together with `Content-Length`;
+//! - `Content-Length` repeated, comma-listed, or not all digits;
+//! - `Host`, `Authorization`, `Content-Type` repeated;
+//! - header values with anything but visible ASCII, space and tab.
+
+use http::{HeaderMap, StatusCode, Version, header};
+
+use super::Refusal;
+
+fn framing(reason: &'static str, detail: &str) -> Refusal {
+    Refusal {
+        close: true,
+        ..Refusal::new(StatusCode::BAD_REQUEST, "bad-framing", reason, detail)
+    }
+}
+
+/// Checks the request's framing headers and header values.
+///
+/// # Errors
+/// A 400 [`Refusal`] that closes the connection.
+pub fn check_headers(headers: &HeaderMap, version: Version) -> Result<(), Refusal> {
+    let te = headers.get_all(header::TRANSFER_ENCODING);
+    let mut te_count = 0;
+    for v in &te {
+        te_count += 1;
+        if te_count > 1 || !v.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(framing(
+                "bad_transfer_encoding",
+                "Transfer-Encoding must be exactly `chunked` (once), or absent",
+            ));
+        }
+    }
+    if te_count > 0 && version >= Version::HTTP_2 {
+        return Err(framing(
+            "bad_transfer_encoding",
+            "HTTP/2 requests must not carry Transfer-Encoding",
+        ));
+    }
+    let mut cl_count = 0;
+    for v in &headers.get_all(header::CONTENT_LENGTH) {
+        cl_count += 1;
+        if cl_count > 1 || v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit) {
+            return Err(framing(
+                "bad_content_length",
+                "Content-Length must appear once, as digits only",
+            ));
+        }
+    }
+    if cl_count > 0 && te_count > 0 {
+        return Err(framing(
+            "content_length_with_transfer_encoding",
+            "send either Content-Length or Transfer-Encoding: chunked, not both",
+        ));
+    }
+    for name in [header::HOST, header::AUTHORIZATION, header::CONTENT_TYPE] {
+        let mut values = headers.get_all(&name).iter();
+        if values.next().is_some() && values.next().is_some() {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "bad-header",
+                "repeated_header",
+                &format!("the `{name}` header must not repeat"),
+            ));
+        }
+    }
+    for v in headers.values() {
+        if !v
+            .as_bytes()
+            .iter()
+            .all(|b| matches!(b, 0x20..=0x7e | b'\t'))
+        {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "bad-header",
+                "invalid_header_value",
+                "header values must be visible ASCII (with spaces and tabs)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn h(pairs: &[(&'static str, &'static [u8])]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_bytes(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn framing_shapes() {
+        let v = Version::HTTP_11;
+        assert!(check_headers(&h(&[("transfer-encoding", b"chunked")]), v).is_ok());
+        assert!(check_headers(&h(&[("content-length", b"5")]), v).is_ok());
+        for bad in [
+            h(&[("transfer-encoding", b"chunked"), ("content-length", b"5")]),
+            h(&[("transfer-encoding", b"gzip, chunked")]),
+            h(&[
+                ("transfer-encoding", b"chunked"),
+                ("transfer-encoding", b"chunked"),
+            ]),
+            h(&[("transfer-encoding", b"xchunked")]),
+            h(&[("transfer-encoding", b" chunked")]),
+            h(&[("content-length", b"5"), ("content-length", b"5")]),
+            h(&[("content-length", b"5, 5")]),
+            h(&[("content-length", b"+5")]),
+            h(&[("host", b"a"), ("host", b"b")]),
+            h(&[
+                ("authorization", b"Bearer a"),
+                ("authorization", b"Bearer b"),
+            ]),
+            h(&[("content-type", b"a/b"), ("content-type", b"c/d")]),
+            h(&[("x-note", b"caf\xc3\xa9")]),
+        ] {
+            let e = check_headers(&bad, v).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+    }
+}
