@@ -55,6 +55,8 @@ pub struct RawListener {
     pub address: String,
     /// Most simultaneous connections; more are closed at once.
     pub max_connections: Option<usize>,
+    /// Most simultaneous connections from one client IP (unlimited when absent).
+    pub max_connections_per_ip: Option<usize>,
     /// Time allowed for a client to send a request's headers (slowloris guard).
     pub header_read_timeout: Option<Dur>,
     /// A connection with no request in flight and no traffic for this long is closed.

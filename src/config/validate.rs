@@ -26,6 +26,8 @@ pub struct ListenerSettings {
     pub address: SocketAddr,
     /// Most simultaneous connections.
     pub max_connections: usize,
+    /// Most simultaneous connections from one client IP (0: unlimited).
+    pub max_connections_per_ip: usize,
     /// Header read timeout.
     pub header_read_timeout: Duration,
     /// Idle connection timeout.
@@ -619,6 +621,16 @@ fn check_listener(
         );
         ok = false;
     }
+    let max_connections_per_ip = l.max_connections_per_ip.unwrap_or(0);
+    if l.max_connections_per_ip == Some(0) {
+        ctx.err(
+            pos_of(node, "max_connections_per_ip"),
+            &format!("{path}.max_connections_per_ip"),
+            "max_connections_per_ip must be at least 1 (leave it out for no per-IP limit)",
+            None,
+        );
+        ok = false;
+    }
     let max_connections = l.max_connections.unwrap_or(10_000);
     if max_connections == 0 {
         ctx.err(
@@ -694,6 +706,7 @@ fn check_listener(
         name: l.name.as_str().into(),
         address,
         max_connections,
+        max_connections_per_ip,
         header_read_timeout: dur(l.header_read_timeout, Duration::from_secs(10)),
         idle_timeout: dur(l.idle_timeout, Duration::from_secs(60)),
         max_header_bytes,

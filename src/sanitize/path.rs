@@ -365,6 +365,76 @@ mod tests {
         }
     }
 
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Targets built from the pieces attacks are made of.
+        fn target() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("/".to_owned()),
+                Just(".".to_owned()),
+                Just("..".to_owned()),
+                Just("%".to_owned()),
+                Just("%2e".to_owned()),
+                Just("%2F".to_owned()),
+                Just("%25".to_owned()),
+                Just("%c0%ae".to_owned()),
+                Just("%C3%A9".to_owned()),
+                Just("%7e".to_owned()),
+                Just("%41".to_owned()),
+                Just("?".to_owned()),
+                Just("&".to_owned()),
+                Just("=".to_owned()),
+                Just("\\".to_owned()),
+                "[a-zA-Z0-9._~!$'()*+,;:@-]{1,4}",
+                "%[0-9a-fA-F]{2}",
+                any::<char>().prop_map(|c| c.to_string()),
+            ];
+            proptest::collection::vec(piece, 0..24).prop_map(|v| format!("/{}", v.concat()))
+        }
+
+        fn split(t: &str) -> (&str, Option<&str>) {
+            match t.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (t, None),
+            }
+        }
+
+        proptest! {
+            /// Normalising the normal form changes nothing.
+            #[test]
+            fn normalising_twice_equals_normalising_once(t in target()) {
+                let (p, q) = split(&t);
+                if let Ok(out) = normalize(p, q, &PathLimits::default()) {
+                    let normal = out.unwrap_or_else(|| t.clone());
+                    let (p2, q2) = split(&normal);
+                    prop_assert_eq!(normalize(p2, q2, &PathLimits::default()), Ok(None));
+                }
+            }
+
+            /// What is accepted is exactly what the backend receives: the normal form survives
+            /// being parsed into the upstream request's URI unchanged, and contains no dot
+            /// segment, encoded slash or control escape.
+            #[test]
+            fn accepted_targets_reach_the_backend_as_they_are(t in target()) {
+                let (p, q) = split(&t);
+                if let Ok(out) = normalize(p, q, &PathLimits::default()) {
+                    let normal = out.unwrap_or_else(|| t.clone());
+                    let parsed: http::uri::PathAndQuery = normal.parse().map_err(|e| {
+                        TestCaseError::fail(format!("{normal:?} does not parse: {e}"))
+                    })?;
+                    prop_assert_eq!(parsed.as_str(), normal.as_str());
+                    let (p2, _) = split(&normal);
+                    let lower = p2.to_ascii_lowercase();
+                    prop_assert!(!lower.contains("%2f") && !lower.contains("%5c"));
+                    prop_assert!(!lower.contains("%00") && !lower.contains("%252"));
+                    prop_assert!(!p2.split('/').any(|s| s == "." || s == ".."));
+                }
+            }
+        }
+    }
+
     #[test]
     fn limits() {
         let l = PathLimits {

@@ -150,6 +150,10 @@ pub async fn start(runtime: Runtime, metrics: Metrics) -> std::io::Result<Runnin
         let share = ListenerShare {
             settings: Arc::new(l.clone()),
             limit: Arc::new(Semaphore::new(l.max_connections)),
+            per_ip: Arc::new(PerIp {
+                max: l.max_connections_per_ip,
+                open: std::sync::Mutex::new(std::collections::HashMap::new()),
+            }),
             tls,
         };
         bound.push((share, socks));
@@ -320,6 +324,7 @@ async fn accept_loop(
     let ListenerShare {
         settings,
         limit,
+        per_ip,
         tls,
     } = share;
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -362,6 +367,9 @@ async fn accept_loop(
     let rejected_total = metrics
         .connections
         .with_label_values(&[&settings.name, "rejected_limit"]);
+    let rejected_per_ip = metrics
+        .connections
+        .with_label_values(&[&settings.name, "rejected_per_ip"]);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -378,6 +386,11 @@ async fn accept_loop(
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             rejected_total.inc();
+            drop(stream);
+            continue;
+        };
+        let Some(ip_slot) = PerIp::take(&per_ip, peer.ip()) else {
+            rejected_per_ip.inc();
             drop(stream);
             continue;
         };
@@ -417,6 +430,7 @@ async fn accept_loop(
                 }
             }
             drop(permit);
+            drop(ip_slot);
             open.dec();
             if tracker.open.fetch_sub(1, Ordering::SeqCst) == 1 {
                 tracker.idle.notify_waiters();
@@ -667,12 +681,60 @@ async fn serve_connection<S>(
     }
 }
 
+/// Open connections per client IP on one listener (shared by all workers).
+struct PerIp {
+    /// Most per IP; 0: unlimited (nothing is counted).
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in its IP's count, given back when dropped.
+struct IpSlot(Option<(Arc<PerIp>, std::net::IpAddr)>);
+
+impl PerIp {
+    /// A slot for a new connection from `ip`, or `None` when `ip` is at its limit.
+    fn take(this: &Arc<PerIp>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        if this.max == 0 {
+            return Some(IpSlot(None));
+        }
+        let mut open = this
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= this.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(Some((this.clone(), ip))))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some((per_ip, ip)) = self.0.take() {
+            let mut open = per_ip
+                .open
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(n) = open.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
 /// What every worker knows about one listener.
 #[derive(Clone)]
 struct ListenerShare {
     settings: Arc<ListenerSettings>,
     /// One connection limit per listener, shared by all workers.
     limit: Arc<Semaphore>,
+    /// Connections per client IP.
+    per_ip: Arc<PerIp>,
     tls: Option<Arc<crate::tls::TlsStore>>,
 }
 

@@ -416,6 +416,10 @@ async fn upstream_5xx_bodies_and_leaky_headers_are_scrubbed() {
     }
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert!(
+        r.header("strict-transport-security").is_none(),
+        "no HSTS over plain HTTP"
+    );
 
     // Without scrubbing the body passes, but the identifying headers still go.
     let gw2 = Gateway::start(&gateway_yaml(&clusters, ""), ROUTES).await;

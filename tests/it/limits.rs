@@ -63,6 +63,49 @@ async fn too_many_or_too_large_headers_get_431() {
 }
 
 #[tokio::test]
+async fn connections_per_client_ip_are_capped_and_freed_on_close() {
+    let (gw, _b) = gateway("    max_connections_per_ip: 2\n").await;
+    let a = TcpStream::connect(gw.addr).await.unwrap();
+    let _b2 = TcpStream::connect(gw.addr).await.unwrap();
+    eventually("both connections", Duration::from_secs(5), || async {
+        let m = prom::parse(&gw.metrics().await).unwrap();
+        prom::value(&m, "portcullis_connections_open", &[("listener", "public")]) == Some(2.0)
+    })
+    .await;
+    let mut third = TcpStream::connect(gw.addr).await.unwrap();
+    let _ = third.write_all(b"GET /r HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let text = read_until_closed(&mut third, Duration::from_secs(5))
+        .await
+        .expect("the third connection from this IP is closed");
+    assert!(text.is_empty(), "{text}");
+    let m = prom::parse(&gw.metrics().await).unwrap();
+    assert_eq!(
+        prom::value(
+            &m,
+            "portcullis_connections_total",
+            &[("result", "rejected_per_ip")]
+        ),
+        Some(1.0)
+    );
+    // Closing one frees its place.
+    drop(a);
+    eventually("the place to be freed", Duration::from_secs(5), || async {
+        let m = prom::parse(&gw.metrics().await).unwrap();
+        prom::value(&m, "portcullis_connections_open", &[("listener", "public")]) == Some(1.0)
+    })
+    .await;
+    let mut again = TcpStream::connect(gw.addr).await.unwrap();
+    again
+        .write_all(b"GET /r HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_until_closed(&mut again, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+#[tokio::test]
 async fn connections_over_the_cap_are_closed_and_counted() {
     let (gw, _b) = gateway("    max_connections: 2\n").await;
     let _a = TcpStream::connect(gw.addr).await.unwrap();

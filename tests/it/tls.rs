@@ -313,6 +313,13 @@ async fn a_trusted_client_reaches_the_backend_with_its_identity_and_spoofs_are_d
     .await
     .unwrap();
     assert_eq!(r.status, 200);
+    // Response hygiene over TLS: HSTS (the default value), nosniff, no-store.
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
     let v = r.json();
     let seen = v["headers"]["x-portcullis-client-cert"].as_str().unwrap();
     assert_eq!(
