@@ -153,6 +153,10 @@ Try these (each response carries X-Request-Id; errors are application/problem+js
   # a payment (201); the body reaches the backend byte for byte
   curl -si $CERTS https://localhost:{port}/v1/payments -H "Authorization: Bearer $ALICE"     -H 'Content-Type: application/json'     -d '{{"from_account": "acc-100", "to_account": "acc-200", "amount": "125.40", "currency": "EUR"}}'
 
+  # the payment schema: amounts are decimal strings with the currency's scale (EUR: 2) — 422
+  # with an `errors` list naming /amount; a JSON number, `1e3` or a 4th decimal are refused too
+  curl -si $CERTS https://localhost:{port}/v1/payments -H "Authorization: Bearer $ALICE"     -H 'Content-Type: application/json'     -d '{{"from_account": "acc-100", "to_account": "acc-200", "amount": "125.401", "currency": "EUR"}}'
+
   # bob's view of his account (200); the backend sees X-Portcullis-Subject/-Tenant/-Scopes
   curl -si $CERTS https://localhost:{port}/v1/accounts/acc-200 -H "Authorization: Bearer $BOB"
 

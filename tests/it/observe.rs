@@ -208,6 +208,35 @@ async fn the_demo_serves_the_reference_scenario_over_mtls() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["tenant_id"], "acme");
 
+    // The demo's payment schema: EUR amounts have two decimals at most (422 naming /amount);
+    // a valid payment passes.
+    let json_ct = ("content-type", "application/json");
+    let (r, _) = web
+        .send(
+            "POST",
+            "/v1/payments",
+            &[bearer[0], json_ct],
+            bytes::Bytes::from_static(
+                br#"{"from_account": "acc-100", "to_account": "acc-200", "amount": "125.401", "currency": "EUR"}"#,
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json()["errors"][0]["pointer"], "/amount");
+    let (r, _) = web
+        .send(
+            "POST",
+            "/v1/payments",
+            &[bearer[0], json_ct],
+            bytes::Bytes::from_static(
+                br#"{"from_account": "acc-100", "to_account": "acc-200", "amount": "125.40", "currency": "EUR"}"#,
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(r.status.is_success(), "{}", r.status);
+
     // globex is on the demo's free tier (a burst of 5, then 10 a minute): above it, 429 with
     // Retry-After and the RateLimit fields; alice (acme, enterprise) is unaffected.
     let bob = format!("Bearer {}", tokens.bob);
