@@ -216,6 +216,35 @@ fn component(input: &[u8], part: Part, out: &mut Vec<u8>) -> Result<(), PathErro
     Ok(())
 }
 
+/// Whether `input` has only characters that pass unchanged (no escapes).
+fn plain(input: &[u8], part: Part) -> bool {
+    input.iter().all(|b| match part {
+        Part::Path => is_pchar(*b) || *b == b'/',
+        Part::Query => is_pchar(*b) || *b == b'/' || *b == b'?',
+    })
+}
+
+/// Segments of a normal-form path: no `.`/`..` (raw or decoded from %2E), no empty segment
+/// except a final trailing slash.
+fn check_segments(path: &[u8]) -> Result<(), PathError> {
+    let mut segments = path[1.min(path.len())..].split(|b| *b == b'/').peekable();
+    while let Some(seg) = segments.next() {
+        if seg == b"." || seg == b".." {
+            return Err(err(
+                "dot_segment",
+                "`.` and `..` path segments (raw or encoded) are not allowed",
+            ));
+        }
+        if seg.is_empty() && segments.peek().is_some() {
+            return Err(err(
+                "empty_segment",
+                "empty path segments (`//`) are not allowed",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Normalises `path` and `query`; returns the normal form of `path[?query]` when it differs
 /// from what was received (`None`: already normal).
 ///
@@ -235,26 +264,31 @@ pub fn normalize(
     if !path.starts_with('/') {
         return Err(err("not_origin_form", "the path must start with `/`"));
     }
+    if let Some(q) = query
+        && q.len() > limits.max_query_bytes
+    {
+        return Err(PathError {
+            too_long: true,
+            ..err("query_too_long", "the query string is too long")
+        });
+    }
+    // The common case — no escapes, only plain characters — is checked without allocating.
+    if plain(path.as_bytes(), Part::Path) && query.is_none_or(|q| plain(q.as_bytes(), Part::Query))
+    {
+        check_segments(path.as_bytes())?;
+        if let Some(q) = query
+            && q.split('&').count() > limits.max_query_params
+        {
+            return Err(err(
+                "too_many_query_params",
+                "the query has too many parameters",
+            ));
+        }
+        return Ok(None);
+    }
     let mut out = Vec::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
     component(path.as_bytes(), Part::Path, &mut out)?;
-    // Segments of the normal form: no `.`/`..` (raw or decoded from %2E), no empty segment
-    // except a final trailing slash.
-    let segments: Vec<&[u8]> = out[1..].split(|b| *b == b'/').collect();
-    let last = segments.len().saturating_sub(1);
-    for (n, seg) in segments.iter().enumerate() {
-        if *seg == b"." || *seg == b".." {
-            return Err(err(
-                "dot_segment",
-                "`.` and `..` path segments (raw or encoded) are not allowed",
-            ));
-        }
-        if seg.is_empty() && n != last {
-            return Err(err(
-                "empty_segment",
-                "empty path segments (`//`) are not allowed",
-            ));
-        }
-    }
+    check_segments(&out)?;
     if let Some(q) = query {
         if q.len() > limits.max_query_bytes {
             return Err(PathError {
