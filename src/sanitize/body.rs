@@ -82,6 +82,21 @@ fn too_large(max: u64) -> GatewayError {
     .into()
 }
 
+/// 408 for a body that did not arrive in time; the connection is closed (the rest of the body
+/// may still be on its way).
+fn body_timeout() -> GatewayError {
+    Refusal {
+        close: true,
+        ..Refusal::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "body_timeout",
+            "the request body was not received in time",
+        )
+    }
+    .into()
+}
+
 /// A streaming body that fails once more than `max` bytes have passed, and says so in `over`.
 struct Capped {
     inner: Body,
@@ -161,16 +176,7 @@ async fn peek_first_frame(req: &mut Request<Body>) -> Result<(), GatewayError> {
     let mut body = std::mem::replace(req.body_mut(), crate::empty());
     let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, body.frame()).await {
         Err(_) => {
-            return Err(Refusal {
-                close: true,
-                ..Refusal::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body-timeout",
-                    "body_timeout",
-                    "the request body was not received in time",
-                )
-            }
-            .into());
+            return Err(body_timeout());
         }
         Ok(Some(Err(_))) => {
             return Err(Refusal {
@@ -389,16 +395,7 @@ where
                         .collect();
                 let bytes = match tokio::time::timeout(rules.read_timeout, read).await {
                     Err(_) => {
-                        return Err(Refusal {
-                            close: true,
-                            ..Refusal::new(
-                                StatusCode::REQUEST_TIMEOUT,
-                                "body-timeout",
-                                "body_timeout",
-                                "the request body was not received in time",
-                            )
-                        }
-                        .into());
+                        return Err(body_timeout());
                     }
                     Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                         return Err(too_large(max));
