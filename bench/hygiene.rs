@@ -4,7 +4,7 @@
 //!   headers (11 headers: host, a bearer token, content type and length, accept, user agent,
 //!   request id, traceparent, forwarded-for, …) and the path/query normal form of
 //!   `/v1/accounts/acc-100/transactions?from=2026-01-01&limit=50`;
-//! - `hygiene/payment_4k_schema`: a 4 KiB JSON payment (a payment with 24 line items) checked
+//! - `hygiene/payment_4k_schema`: a 4 KiB JSON payment (a payment with 33 line items) checked
 //!   strictly (UTF-8, depth, duplicate keys, safe numbers), parsed, validated against its JSON
 //!   Schema (draft 2020-12, compiled once) and its money rule (`/amount` with `/currency`'s
 //!   scale) — everything the gateway does to such a body before forwarding it.
@@ -50,7 +50,7 @@ fn headers() -> HeaderMap {
 }
 
 fn payment() -> Vec<u8> {
-    let lines: Vec<_> = (0..24)
+    let lines: Vec<_> = (0..33)
         .map(|i| {
             json!({
                 "description": format!("invoice line {i:02} for services rendered"),
