@@ -46,7 +46,8 @@ impl RequestId {
     /// A fresh UUIDv7 (time-ordered) id.
     pub fn generate() -> Self {
         let mut buf = uuid::Uuid::encode_buffer();
-        let s = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        let id = V7.with(|ctx| uuid::Uuid::new_v7(uuid::Timestamp::now(ctx)));
+        let s = id.hyphenated().encode_lower(&mut buf);
         Self(HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
     }
 
@@ -85,6 +86,9 @@ pub struct TraceContext {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 thread_local! {
+    /// The UUIDv7 counter and clock, one per thread: ids stay ordered within a worker, and no
+    /// worker waits on another (`Uuid::now_v7` locks one process-wide mutex per id).
+    static V7: uuid::ContextV7 = const { uuid::ContextV7::new() };
     /// SplitMix64 state, seeded once per thread from the OS generator (via uuid).
     static RNG: std::cell::Cell<u64> = std::cell::Cell::new(uuid::Uuid::new_v4().as_u64_pair().0);
 }
@@ -285,6 +289,23 @@ mod tests {
         let id = RequestId::generate();
         let u = uuid::Uuid::parse_str(id.as_str()).unwrap();
         assert_eq!(u.get_version_num(), 7);
+        // Per-thread contexts: ordered within a thread, distinct across threads.
+        let batch = || {
+            (0..2000)
+                .map(|_| RequestId::generate().as_str().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(batch);
+            let b = s.spawn(batch);
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert!(
+            a.windows(2).all(|w| w[0] < w[1]),
+            "ids of one thread ascend"
+        );
+        let all: std::collections::HashSet<_> = a.iter().chain(&b).collect();
+        assert_eq!(all.len(), 4000);
     }
 
     #[test]
