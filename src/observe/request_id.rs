@@ -2,8 +2,8 @@
 //!
 //! Keeps an inbound `X-Request-Id` of 1–128 characters from `[A-Za-z0-9._:-]`, otherwise makes a
 //! UUIDv7. Continues a valid inbound `traceparent` (with a new parent id for this hop) or starts
-//! a new trace. Writes the [`RequestId`] and [`TraceContext`] request extensions and sets the
-//! (normalised) headers on the request, so the upstream sees exactly what the response carries
+//! a new trace. Writes the [`RequestId`] request extension and sets the (normalised) headers on
+//! the request, so the upstream sees exactly what the response carries
 //! (the observe layer copies the id onto every response).
 
 use std::task::{Context, Poll};
@@ -196,7 +196,7 @@ pub fn parse_traceparent(s: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     Some((trace, parent, flags[0]))
 }
 
-/// Adds [`RequestId`] and [`TraceContext`] to every request and the id to every response.
+/// Adds [`RequestId`] and the `traceparent` header to every request.
 #[derive(Debug, Clone, Default)]
 pub struct RequestIdLayer;
 
@@ -237,8 +237,9 @@ where
             // A new trace makes any inbound vendor state meaningless.
             headers.remove(TRACESTATE);
         }
+        // The trace context travels in its header only: nothing downstream reads it, and every
+        // extension costs the request an allocation.
         req.extensions_mut().insert(id);
-        req.extensions_mut().insert(trace);
         self.inner.call(req)
     }
 }

@@ -648,12 +648,14 @@ async fn serve_connection<S>(
     let peer = info.peer;
     // One allocation per connection; each request clones this Arc (a count no other thread touches).
     let info = Arc::new(info);
+    // The connection's own handle on the pipeline: called in place, not cloned per request.
+    let pipeline = std::cell::RefCell::new(pipeline);
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(info.clone());
         act.in_flight.fetch_add(1, Ordering::Relaxed);
         let guard = InFlightGuard(act.clone());
         let req: Request<crate::Body> = req.map(crate::boxed);
-        let fut = pipeline.clone().oneshot(req);
+        let fut = call_pipeline(&pipeline, req);
         async move {
             let res = fut.await;
             drop(guard);
@@ -678,6 +680,20 @@ async fn serve_connection<S>(
     .await;
     if let Err(e) = res {
         tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+    }
+}
+
+/// Calls the pipeline in place when it is ready (every stage is, unless one applies
+/// backpressure), otherwise on a clone that waits for readiness.
+fn call_pipeline(
+    pipeline: &std::cell::RefCell<stack::Pipeline>,
+    req: Request<crate::Body>,
+) -> crate::BoxFuture<Result<http::Response<crate::Body>, std::convert::Infallible>> {
+    let mut p = pipeline.borrow_mut();
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match tower::Service::poll_ready(&mut *p, &mut cx) {
+        Poll::Ready(Ok(())) => tower::Service::call(&mut *p, req),
+        _ => Box::pin(p.clone().oneshot(req)),
     }
 }
 
