@@ -52,6 +52,11 @@ else
 fi
 BACKEND_PORT="${BACKEND_PORT:-18081}"
 NGINX_PORT="${NGINX_PORT:-18082}"
+# A second plain nginx row that does the header work Portcullis does on the benchmark route
+# (request id and traceparent upstream, X-Forwarded-For/-Proto/-Host, request id + nosniff +
+# no-store on the response), for a like-for-like reading next to bare nginx (0: no such row).
+NGINX_SAME_HEADERS="${NGINX_SAME_HEADERS:-1}"
+NGINX_EQ_PORT="${NGINX_EQ_PORT:-18084}"
 PORTCULLIS_PORT="${PORTCULLIS_PORT:-18083}"
 ADMIN_PORT="${ADMIN_PORT:-19901}"
 BENCH_PATH="${BENCH_PATH:-/v1/accounts/acc-100}"
@@ -489,6 +494,7 @@ WARMUP_S="$(to_seconds "$WARMUP" WARMUP)"
     || die "CONNECTIONS must be in 1..4096 (got $CONNECTIONS)"
 check_port_var BACKEND_PORT "$BACKEND_PORT"
 check_port_var NGINX_PORT "$NGINX_PORT"
+[[ "$NGINX_SAME_HEADERS" == 0 || "$NGINX_SAME_HEADERS" == 1 ]] || die "NGINX_SAME_HEADERS must be 0 or 1 (got $NGINX_SAME_HEADERS)"
 check_port_var PORTCULLIS_PORT "$PORTCULLIS_PORT"
 check_port_var ADMIN_PORT "$ADMIN_PORT"
 [[ "$SKIP_MTLS" == 0 || "$SKIP_MTLS" == 1 ]] || die "SKIP_MTLS must be 0 or 1 (got $SKIP_MTLS)"
@@ -501,6 +507,10 @@ if [[ "$SKIP_JWT" != 1 && "$SKIP_AUTHZ" != 1 && "$SKIP_PORTCULLIS" != 1 ]]; then
 NEED_TLS=0
 if [[ "$SKIP_MTLS" != 1 || "$SKIP_JWT" != 1 ]]; then NEED_TLS=1; fi
 ALL_PORTS=("$BACKEND_PORT" "$NGINX_PORT" "$PORTCULLIS_PORT" "$ADMIN_PORT")
+if [[ "$NGINX_SAME_HEADERS" == 1 ]]; then
+    check_port_var NGINX_EQ_PORT "$NGINX_EQ_PORT"
+    ALL_PORTS+=("$NGINX_EQ_PORT")
+fi
 if ((NEED_TLS)); then
     [[ "$TLS_CONNECTIONS" =~ ^[0-9]+$ ]] && ((TLS_CONNECTIONS >= 1 && TLS_CONNECTIONS <= 4096)) \
         || die "TLS_CONNECTIONS must be in 1..4096 (got $TLS_CONNECTIONS)"
@@ -522,7 +532,7 @@ if ((AUTHZ_ROWS)); then
     ALL_PORTS+=("$PORTCULLIS_AUTHZ_PORT" "$AUTHZ_ADMIN_PORT")
 fi
 [[ "$(printf '%s\n' "${ALL_PORTS[@]}" | sort -u | wc -l)" == "${#ALL_PORTS[@]}" ]] \
-    || die "BACKEND_PORT, NGINX_PORT, PORTCULLIS_PORT, ADMIN_PORT (and NGINX_TLS_PORT, PORTCULLIS_TLS_PORT unless SKIP_MTLS=1; HAPROXY_PORT, PORTCULLIS_JWT_PORT, JWT_ADMIN_PORT unless SKIP_JWT=1; PORTCULLIS_AUTHZ_PORT, AUTHZ_ADMIN_PORT unless SKIP_AUTHZ=1) must all differ"
+    || die "BACKEND_PORT, NGINX_PORT, PORTCULLIS_PORT, ADMIN_PORT (and NGINX_EQ_PORT unless NGINX_SAME_HEADERS=0; NGINX_TLS_PORT, PORTCULLIS_TLS_PORT unless SKIP_MTLS=1; HAPROXY_PORT, PORTCULLIS_JWT_PORT, JWT_ADMIN_PORT unless SKIP_JWT=1; PORTCULLIS_AUTHZ_PORT, AUTHZ_ADMIN_PORT unless SKIP_AUTHZ=1) must all differ"
 [[ "$BENCH_PATH" =~ ^/[A-Za-z0-9._~/%-]*$ ]] || die "BENCH_PATH must be a plain absolute path (got $BENCH_PATH)"
 if ((AUTHZ_ROWS)); then
     # The authz route's ownership rules read the account id from the path; the token lists it.
@@ -717,6 +727,30 @@ if [[ "$SKIP_MTLS" != 1 ]]; then
     }"
 fi
 
+NGINX_EQ_SERVER=""
+if [[ "$NGINX_SAME_HEADERS" == 1 ]]; then
+    # $request_id: 32 random hex digits per request, nginx's own request id (the size of a
+    # W3C trace id, so it also stands in for the trace id of a started traceparent).
+    NGINX_EQ_SERVER="
+    # Plain proxying with the header work Portcullis does on the benchmark route.
+    server {
+        listen $HOST:$NGINX_EQ_PORT;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header X-Request-Id \$request_id;
+            proxy_set_header traceparent \"00-\$request_id-0000000000000001-01\";
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            add_header X-Request-Id \$request_id always;
+            add_header X-Content-Type-Options nosniff always;
+            add_header Cache-Control no-store always;
+        }
+    }"
+fi
+
 cat >"$TMP/gateway.yaml" <<EOF
 listeners:
   - name: public
@@ -782,7 +816,7 @@ http {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }
-    }$NGINX_TLS_SERVER
+    }$NGINX_EQ_SERVER$NGINX_TLS_SERVER
 }
 EOF
 
@@ -1047,6 +1081,11 @@ start_service nginx "$TMP/nginx/stdout.log" "${PIN_PROXY[@]+"${PIN_PROXY[@]}"}" 
 NGINX_PID=$LAST_PID
 wait_http nginx "$NGINX_PID" "http://$HOST:$NGINX_PORT$BENCH_PATH" "" "$TMP/nginx/error.log"
 require_200 nginx "http://$HOST:$NGINX_PORT$BENCH_PATH"
+if [[ "$NGINX_SAME_HEADERS" == 1 ]]; then
+    require_200 nginx-same-headers "http://$HOST:$NGINX_EQ_PORT$BENCH_PATH"
+    NGINX_EQ_CHECK="$(lcurl -si "http://$HOST:$NGINX_EQ_PORT$BENCH_PATH" 2>/dev/null | tr -d '\r' | grep -ciE '^(x-request-id|x-content-type-options|cache-control):' || true)"
+    [[ "$NGINX_EQ_CHECK" == 3 ]] || die "nginx-same-headers: the response lacks X-Request-Id, X-Content-Type-Options or Cache-Control"
+fi
 if [[ "$SKIP_MTLS" != 1 ]]; then check_mtls nginx-mtls "$NGINX_TLS_PORT" "$NGINX_PID" "$TMP/nginx/error.log"; fi
 
 if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
@@ -1068,6 +1107,10 @@ ROUND_LINES=()
 for ((r = 1; r <= ROUNDS; r++)); do
     measure "nginx-$r" "$NGINX_PORT"
     line="| $r | ${RPS[nginx-$r]}"
+    if [[ "$NGINX_SAME_HEADERS" == 1 ]]; then
+        measure "nginx-eq-$r" "$NGINX_EQ_PORT"
+        line+=" | ${RPS[nginx-eq-$r]}"
+    fi
     if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
         measure "portcullis-$r" "$PORTCULLIS_PORT"
         line+=" | ${RPS[portcullis-$r]} | $(python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "${RPS[portcullis-$r]}" "${RPS[nginx-$r]}") |"
@@ -1178,6 +1221,7 @@ median() {
     NOTE[$name]="${NOTE[$name-$best]}"
 }
 median nginx
+if [[ "$NGINX_SAME_HEADERS" == 1 ]]; then median nginx-eq; fi
 if [[ "$SKIP_PORTCULLIS" != 1 ]]; then median portcullis; fi
 if [[ "$SKIP_MTLS" != 1 ]]; then
     median nginx-mtls
@@ -1216,6 +1260,9 @@ REPORT="$(
         echo "- CPUs: not pinned; load generator, backend and proxy share all $(nproc) (PIN=0)"
     fi
     echo "- nginx: $NGINX_VERSION, worker_processes $NGINX_WORKERS, upstream keepalive 64"
+    if [[ "$NGINX_SAME_HEADERS" == 1 ]]; then
+        echo '- nginx + Portcullis'"'"'s headers: a second server block of the same nginx that also sets `X-Request-Id` (`$request_id`), `traceparent`, `X-Forwarded-For/-Proto/-Host` upstream and `X-Request-Id`, `X-Content-Type-Options: nosniff`, `Cache-Control: no-store` on the response, as Portcullis does on this route (context only: the acceptance ratio is against bare nginx)'
+    fi
     echo "- backend: $BACKEND_DESC"
     if [[ "$SKIP_PORTCULLIS" != 1 ]]; then echo "- portcullis: \`$BIN\` ($PC_VERSION)"; fi
     echo
@@ -1225,23 +1272,33 @@ REPORT="$(
     echo "|---|---:|---:|---:|---:|"
     row "$BACKEND_LABEL direct" backend
     row "nginx → backend" nginx
+    if [[ "$NGINX_SAME_HEADERS" == 1 ]]; then row "nginx + Portcullis's headers → backend" nginx-eq; fi
     if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
         row "portcullis → backend" portcullis
     else
         echo "| portcullis → backend | skipped | | | |"
     fi
     echo
-    for n in backend nginx portcullis; do
+    for n in backend nginx nginx-eq portcullis; do
         if [[ -n "${NOTE[$n]:-}" && "${NOTE[$n]}" != "-" ]]; then echo "- warning, $n: ${NOTE[$n]}"; fi
     done
     echo "Rounds (req/s):"
     echo
-    echo "| round | nginx | portcullis | ratio |"
-    echo "|---:|---:|---:|---:|"
+    if [[ "$NGINX_SAME_HEADERS" == 1 ]]; then
+        echo "| round | nginx | nginx + headers | portcullis | ratio vs nginx |"
+        echo "|---:|---:|---:|---:|---:|"
+    else
+        echo "| round | nginx | portcullis | ratio |"
+        echo "|---:|---:|---:|---:|"
+    fi
     printf '%s\n' "${ROUND_LINES[@]}"
     echo
     if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
         echo "Portcullis/nginx req/s ratio (medians): $(ratio "${RPS[portcullis]}" "${RPS[nginx]}")"
+        if [[ "$NGINX_SAME_HEADERS" == 1 ]]; then
+            echo
+            echo "Portcullis/(nginx + Portcullis's headers) req/s ratio (medians): $(ratio "${RPS[portcullis]}" "${RPS[nginx-eq]}")"
+        fi
     else
         echo "Portcullis/nginx req/s ratio: n/a (SKIP_PORTCULLIS=1)"
     fi
