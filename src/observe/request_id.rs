@@ -19,6 +19,9 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The `tracestate` header name.
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
+/// How many headers the gateway may add to a request before it goes upstream.
+const UPSTREAM_HEADERS_ADDED: usize = 8;
+
 /// Longest inbound request id that is kept.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -45,10 +48,16 @@ impl RequestId {
 
     /// A fresh UUIDv7 (time-ordered) id.
     pub fn generate() -> Self {
-        let mut buf = uuid::Uuid::encode_buffer();
         let id = V7.with(|ctx| uuid::Uuid::new_v7(uuid::Timestamp::now(ctx)));
-        let s = id.hyphenated().encode_lower(&mut buf);
-        Self(HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        id.hyphenated().encode_lower(&mut text);
+        // Owned and reference counted from the start: the id is cloned into the upstream
+        // request, the response and error bodies, and a `Bytes` made from a copy would
+        // allocate again on its first clone.
+        Self(
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+        )
     }
 
     /// Keeps the inbound header value when it is well formed, otherwise generates one.
@@ -231,6 +240,10 @@ where
         let id = RequestId::from_inbound(req.headers().get(X_REQUEST_ID));
         let trace = TraceContext::from_inbound(req.headers().get(TRACEPARENT));
         let headers = req.headers_mut();
+        // Room, at once, for the headers the gateway adds on the way up (request id,
+        // traceparent, three X-Forwarded-*, identity): hyper sizes the map for the parsed
+        // headers only, and each growth rehashes every entry.
+        let _ = headers.try_reserve(UPSTREAM_HEADERS_ADDED);
         headers.insert(X_REQUEST_ID, id.header_value());
         headers.insert(TRACEPARENT, trace.header_value());
         if trace.parent_id.is_none() {

@@ -205,7 +205,8 @@ impl Router {
     ) -> Result<RouteMatch, RouteError> {
         let path = path.strip_prefix('/').ok_or(RouteError::NotFound)?;
         let mut first_path_match: Option<&Endpoint> = None;
-        let mut values: Vec<&str> = Vec::new();
+        // Parameter values met on the way down, on the stack for up to 8 parameters.
+        let mut values: Values<'_> = Values::new();
         // Most configs have no host-specific routes: no hashing then. Hosts are stored in
         // lower case; only a host with upper-case letters pays for a lowered copy.
         if !self.hosts.is_empty()
@@ -245,11 +246,14 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
+/// The parameter values of the route being matched.
+type Values<'a> = smallvec::SmallVec<[&'a str; 8]>;
+
 fn search<'a>(
     node: &'a Node,
     rest: &'a str,
     method: &Method,
-    values: &mut Vec<&'a str>,
+    values: &mut Values<'a>,
     first: &mut Option<&'a Endpoint>,
 ) -> Option<RouteMatch> {
     // An empty remainder means the whole path was consumed (the root path is `/`).

@@ -178,6 +178,10 @@ fn clean(mut res: Response<Body>, plan: &Plan) -> Response<Body> {
         .get::<UpstreamInfo>()
         .map(|u| u.route.clone());
     let h = res.headers_mut();
+    // Room, at once, for what is added below and by the observe layer (nosniff, no-store,
+    // HSTS, request id): one growth of the map instead of one per insert that crosses its
+    // load factor.
+    let _ = h.try_reserve(4);
     headers::clean_response(h);
     if let Some(s) = settings {
         for name in &s.remove_response_headers {
