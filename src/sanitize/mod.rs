@@ -170,6 +170,10 @@ impl Future for HygieneFuture {
     }
 }
 
+/// How many headers the gateway may add to an upstream response: nosniff, no-store, HSTS and
+/// (in the observe layer) the request id.
+const RESPONSE_HEADERS_ADDED: usize = 4;
+
 /// Cleans an upstream response (responses made by the gateway itself are already clean).
 fn clean(mut res: Response<Body>, plan: &Plan) -> Response<Body> {
     let settings = plan.runtime.as_ref().map(|r| &r.settings.hygiene);
@@ -178,10 +182,9 @@ fn clean(mut res: Response<Body>, plan: &Plan) -> Response<Body> {
         .get::<UpstreamInfo>()
         .map(|u| u.route.clone());
     let h = res.headers_mut();
-    // Room, at once, for what is added below and by the observe layer (nosniff, no-store,
-    // HSTS, request id): one growth of the map instead of one per insert that crosses its
-    // load factor.
-    let _ = h.try_reserve(4);
+    // Room, at once, for what is added below and by the observe layer: one growth of the map
+    // instead of one per insert that crosses its load factor.
+    let _ = h.try_reserve(RESPONSE_HEADERS_ADDED);
     headers::clean_response(h);
     if let Some(s) = settings {
         for name in &s.remove_response_headers {
