@@ -143,12 +143,18 @@ async fn forward(
         }
     }
 
-    let started = Instant::now();
     let pool = route.client().endpoints.get(ep_index).cloned();
     let Some(pool) = pool else {
         return Err(GatewayError::Internal("endpoint pool missing".into()));
     };
-    let result = tokio::time::timeout(route.request_timeout, pool.send(req)).await;
+    // One clock read serves the deadline, the idle check of a pooled connection and the
+    // upstream duration.
+    let started = Instant::now();
+    let result = match started.checked_add(route.request_timeout) {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), pool.send(req, started)).await,
+        // A timeout too long to represent: no deadline, like `tokio::time::timeout`.
+        None => Ok(pool.send(req, started).await),
+    };
     metrics.observe_upstream(&cluster.upstream_duration, &cluster.name, started.elapsed());
     let res = match result {
         Err(_) => {

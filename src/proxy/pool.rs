@@ -293,12 +293,14 @@ impl EndpointPool {
         self.tls.is_some()
     }
 
-    fn take_idle(&self) -> Option<H1> {
+    fn take_idle(&self, now: Instant) -> Option<H1> {
         let mut idle = self.idle.lock().ok()?;
         // An idle connection the upstream closed meanwhile is noticed by its first poll, which
         // hands the request back unsent; `send` then retries it on a fresh connection.
         while let Some(i) = idle.pop() {
-            if i.since.elapsed() < self.idle_timeout && !i.h1.sender.is_closed() {
+            if now.saturating_duration_since(i.since) < self.idle_timeout
+                && !i.h1.sender.is_closed()
+            {
                 return Some(i.h1);
             }
         }
@@ -310,19 +312,17 @@ impl EndpointPool {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
+            let now = Instant::now();
             // Nobody polls an idle connection: the oldest is closed here once it has idled
             // past the timeout, so a pool that is in use does not keep stale sockets.
             if idle
                 .first()
-                .is_some_and(|i| i.since.elapsed() >= self.idle_timeout)
+                .is_some_and(|i| now.saturating_duration_since(i.since) >= self.idle_timeout)
             {
                 idle.remove(0);
             }
             if idle.len() < self.max_idle {
-                idle.push(Idle {
-                    h1,
-                    since: Instant::now(),
-                });
+                idle.push(Idle { h1, since: now });
             }
         }
     }
@@ -376,7 +376,7 @@ impl EndpointPool {
         }
     }
 
-    async fn checkout(&self) -> Result<(Sender, bool), PoolError> {
+    async fn checkout(&self, now: Instant) -> Result<(Sender, bool), PoolError> {
         if self.h2 {
             let existing = self
                 .shared_h2
@@ -389,34 +389,42 @@ impl EndpointPool {
             }
             return Ok((Box::pin(self.connect()).await?, false));
         }
-        if let Some(h1) = self.take_idle() {
+        if let Some(h1) = self.take_idle(now) {
             return Ok((Sender::H1(h1), true));
         }
         Ok((Box::pin(self.connect()).await?, false))
     }
 
     /// Sends `req` on a pooled (or new) connection. The response body returns the connection
-    /// to the pool when it has been read to the end.
+    /// to the pool when it has been read to the end. `now` is the caller's clock reading,
+    /// against which pooled connections are judged idle too long.
     ///
     /// # Errors
     /// Connect failures, timeouts of the connect, and HTTP errors.
-    pub async fn send(self: &Arc<Self>, req: Request<Body>) -> Result<Response<Body>, PoolError> {
-        let (sender, reused) = self.checkout().await?;
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        now: Instant,
+    ) -> Result<Response<Body>, PoolError> {
+        let (sender, reused) = self.checkout(now).await?;
         match self.send_on(sender, req).await {
             Ok(res) => Ok(res),
             // A pooled connection that closed while idle never saw the request: retry it once
             // on a fresh connection.
             Err(mut e) if reused && e.error().is_canceled() => match e.take_message() {
-                Some(req) => {
-                    let fresh = Box::pin(self.connect()).await?;
-                    self.send_on(fresh, req)
-                        .await
-                        .map_err(|e| PoolError::Http(e.into_error()))
-                }
+                // Boxed: the rare path keeps its state out of every request's future.
+                Some(req) => Box::pin(self.retry(req)).await,
                 None => Err(PoolError::Http(e.into_error())),
             },
             Err(e) => Err(PoolError::Http(e.into_error())),
         }
+    }
+
+    async fn retry(self: &Arc<Self>, req: Request<Body>) -> Result<Response<Body>, PoolError> {
+        let fresh = self.connect().await?;
+        self.send_on(fresh, req)
+            .await
+            .map_err(|e| PoolError::Http(e.into_error()))
     }
 
     async fn send_on(
