@@ -3,7 +3,7 @@
 //! certificate, optionally matching identity patterns) or `jwt_and_mtls`.
 //!
 //! Reads [`RouteMatch`], the connection's [`PeerIdentity`] (from [`ConnInfo`]) and the
-//! [`Runtime`]'s [`jwt::Verifier`]; writes an `Arc<`[`jwt::Principal`]`>` request extension and
+//! [`Runtime`](crate::config::Runtime)'s [`jwt::Verifier`]; writes an `Arc<`[`jwt::Principal`]`>` request extension and
 //! the `X-Portcullis-Subject`, `-Tenant`, `-Scopes`, `-Issuer` and `-Client-Cert` headers for the
 //! backend (inbound copies were already stripped by the hygiene layer). A token refusal is 401
 //! with `WWW-Authenticate: Bearer`; an mTLS refusal is 403 naming the requirement (never the
@@ -22,7 +22,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::Body;
 use crate::BoxFuture;
-use crate::config::Runtime;
+use crate::config::reload::Snapshot;
 use crate::error::GatewayError;
 use crate::observe::metrics::Metrics;
 use crate::proxy::RouteMatch;
@@ -340,7 +340,7 @@ fn authenticate(req: &mut Request<Body>, may_refetch: bool) -> Step {
     }
     let mut principal: Option<Arc<Principal>> = None;
     if matches!(mode, AuthMode::Jwt | AuthMode::JwtAndMtls) {
-        let Some(verifier) = ext.get::<Arc<Runtime>>().and_then(|r| r.verifier.clone()) else {
+        let Some(verifier) = ext.get::<Snapshot>().and_then(|r| r.verifier.clone()) else {
             return Step::Refuse(AuthnError::Token(TokenError {
                 reason: "no_keys",
                 detail: "no token issuer is configured".into(),

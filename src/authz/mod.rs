@@ -31,7 +31,7 @@ use http_body_util::BodyExt;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::authn::jwt::Principal;
-use crate::config::Runtime;
+use crate::config::reload::Snapshot;
 use crate::error::GatewayError;
 use crate::observe::metrics::Metrics;
 use crate::observe::request_id::RequestId;
@@ -825,7 +825,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let ext = req.extensions();
-        let (Some(m), Some(runtime)) = (ext.get::<RouteMatch>(), ext.get::<Arc<Runtime>>()) else {
+        let (Some(m), Some(runtime)) = (ext.get::<RouteMatch>(), ext.get::<Snapshot>()) else {
             return Box::pin(async {
                 Err(GatewayError::Internal(
                     "authorization without a route".into(),
@@ -886,7 +886,7 @@ fn settle(
 async fn decide<S>(
     mut req: Request<Body>,
     rules: Arc<RouteAuthz>,
-    runtime: Arc<Runtime>,
+    runtime: Snapshot,
     metrics: Arc<Metrics>,
     allowed: prometheus::IntCounter,
     inner: S,

@@ -146,14 +146,40 @@ impl Reloader {
     }
 }
 
-/// Puts the current `Arc<Runtime>` into every request's extensions (one atomic load).
+/// Puts the current compiled config into every request's extensions, as a [`Snapshot`].
 ///
 /// The shared `ArcSwap` sits behind a second, per-worker `Arc`: the pipeline is cloned for every
-/// request, and this way that clone counts on the worker's own allocation instead of bouncing
+/// connection, and this way that clone counts on the worker's own allocation instead of bouncing
 /// one cache line between cores.
 #[derive(Clone)]
 pub struct ConfigLayer {
     config: Arc<WorkerConfig>,
+}
+
+/// The compiled config a request is served with (a request extension).
+///
+/// A per-connection handle on one `Arc<Runtime>`: cloning it for a request, and for the stages
+/// that keep it, counts on an allocation only the connection's worker touches, so requests
+/// served on different cores do not bounce the shared runtime's reference count between them.
+/// A connection takes the new runtime with its first request after a reload; until then
+/// (while it idles) it keeps the old one alive.
+#[derive(Clone)]
+pub struct Snapshot(Arc<Held>);
+
+/// The connection's one reference on the shared runtime; its own count is what requests clone.
+struct Held(Arc<Runtime>);
+
+impl std::ops::Deref for Snapshot {
+    type Target = Runtime;
+    fn deref(&self) -> &Runtime {
+        &self.0.0
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Snapshot")
+    }
 }
 
 /// The shared config cell, as one worker's pipeline holds it.
@@ -180,6 +206,7 @@ impl<S> Layer<S> for ConfigLayer {
         WithConfig {
             inner,
             config: self.config.clone(),
+            current: None,
         }
     }
 }
@@ -189,6 +216,8 @@ impl<S> Layer<S> for ConfigLayer {
 pub struct WithConfig<S> {
     inner: S,
     config: Arc<WorkerConfig>,
+    /// The snapshot this connection's last request was served with.
+    current: Option<Snapshot>,
 }
 
 impl<S, B> Service<Request<B>> for WithConfig<S>
@@ -204,7 +233,86 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        req.extensions_mut().insert(self.config.0.load_full());
+        // One load of the shared cell (no reference count is written); a new snapshot only
+        // when the config changed since this connection's last request.
+        let live = self.config.0.load();
+        let snapshot = match &self.current {
+            Some(s) if Arc::ptr_eq(&s.0.0, &*live) => s.clone(),
+            _ => {
+                let s = Snapshot(Arc::new(Held(arc_swap::Guard::into_inner(live))));
+                self.current = Some(s.clone());
+                s
+            }
+        };
+        req.extensions_mut().insert(snapshot);
         self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{SourceFile, load_sources};
+    use std::future::Future;
+
+    fn runtime(metrics: &Metrics) -> Runtime {
+        let gateway = SourceFile {
+            name: "gateway.yaml".into(),
+            text: "listeners:\n  - name: public\n    address: 127.0.0.1:0\nclusters:\n  a:\n    endpoints: [\"127.0.0.1:1\"]\n".into(),
+        };
+        let routes = SourceFile {
+            name: "routes.yaml".into(),
+            text: "routes:\n  - name: r\n    methods: [GET]\n    path: /\n    cluster: a\n    auth: public\n".into(),
+        };
+        let checked = load_sources(&gateway, None, Some(vec![routes]), &|_| None).unwrap();
+        compile(checked, metrics).unwrap()
+    }
+
+    /// A service that hands back the snapshot its request carried.
+    #[derive(Clone)]
+    struct Echo;
+    impl Service<Request<()>> for Echo {
+        type Response = Option<Snapshot>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Option<Snapshot>, std::convert::Infallible>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: Request<()>) -> Self::Future {
+            std::future::ready(Ok(req.extensions().get::<Snapshot>().cloned()))
+        }
+    }
+
+    fn served(svc: &mut WithConfig<Echo>) -> Snapshot {
+        let fut = svc.call(Request::new(()));
+        let waker = std::task::Waker::noop();
+        match std::pin::pin!(fut).poll(&mut Context::from_waker(waker)) {
+            Poll::Ready(Ok(Some(s))) => s,
+            _ => panic!("no snapshot"),
+        }
+    }
+
+    #[test]
+    fn a_connection_reuses_its_snapshot_until_the_config_changes() {
+        let metrics = Metrics::new().unwrap();
+        let cell = Arc::new(ArcSwap::from_pointee(runtime(&metrics)));
+        let mut conn = ConfigLayer::new(cell.clone()).layer(Echo);
+        let first = served(&mut conn);
+        let second = served(&mut conn);
+        // The same per-connection handle: the shared runtime's count is not touched again.
+        assert!(Arc::ptr_eq(&first.0, &second.0));
+        assert!(Arc::ptr_eq(&first.0.0, &cell.load_full()));
+        // A reload: the next request carries the new runtime; the old snapshot still works.
+        cell.store(Arc::new(runtime(&metrics)));
+        let third = served(&mut conn);
+        assert!(!Arc::ptr_eq(&third.0.0, &first.0.0));
+        assert!(Arc::ptr_eq(&third.0.0, &cell.load_full()));
+        // Stages read the runtime through the snapshot.
+        assert!(first.clusters.contains_key("a") && third.clusters.contains_key("a"));
+        // Another connection of the same worker gets its own handle on the same runtime.
+        let mut other = ConfigLayer::new(cell.clone()).layer(Echo);
+        let fourth = served(&mut other);
+        assert!(!Arc::ptr_eq(&fourth.0, &third.0));
+        assert!(Arc::ptr_eq(&fourth.0.0, &third.0.0));
     }
 }

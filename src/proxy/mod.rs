@@ -1,6 +1,6 @@
 //! Routing and proxying (pipeline stages 5 and 11).
 //!
-//! [`ROUTER_LAYER`] reads the [`Runtime`] extension and writes [`RouteMatch`]; [`Forward`] is the
+//! [`ROUTER_LAYER`] reads the [`Snapshot`] extension and writes [`RouteMatch`]; [`Forward`] is the
 //! innermost service that sends the request upstream.
 
 pub mod forward;
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use http::Request;
 
 use crate::Body;
-use crate::config::Runtime;
+use crate::config::reload::Snapshot;
 use crate::decide::DecideLayer;
 use crate::error::GatewayError;
 use crate::observe::RouteSlot;
@@ -28,7 +28,7 @@ pub const ROUTER_LAYER: DecideLayer = DecideLayer(route);
 /// # Errors
 /// [`RouteError`] when no route matches.
 pub fn route(req: &mut Request<Body>) -> Result<(), GatewayError> {
-    let Some(runtime) = req.extensions().get::<Arc<Runtime>>() else {
+    let Some(runtime) = req.extensions().get::<Snapshot>() else {
         return Err(GatewayError::Internal("no runtime snapshot".into()));
     };
     let host = req

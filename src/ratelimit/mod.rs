@@ -32,6 +32,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::authn::jwt::Principal;
 use crate::config::Runtime;
+use crate::config::reload::Snapshot;
 use crate::decide::DecideLayer;
 use crate::error::GatewayError;
 use crate::observe::metrics::Metrics;
@@ -546,7 +547,7 @@ fn client_ip(req: &Request<Body>, conn: &ConnInfo, rt: &Runtime) -> IpAddr {
 /// 429 when the client's IP or certificate is over its limit.
 pub fn pre_auth(req: &mut Request<Body>) -> Result<(), GatewayError> {
     let (Some(rt), Some(conn)) = (
-        req.extensions().get::<Arc<Runtime>>(),
+        req.extensions().get::<Snapshot>(),
         req.extensions().get::<Arc<ConnInfo>>(),
     ) else {
         return Ok(());
@@ -625,7 +626,7 @@ type Fut = BoxFuture<Result<Response<Body>, GatewayError>>;
 
 /// What the tenant stage resolved for one request.
 struct Plan {
-    rt: Arc<Runtime>,
+    rt: Snapshot,
     bucket: (bool, usize),
     tenant: String,
     key: u64,
@@ -671,7 +672,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let ext = req.extensions();
-        let (Some(m), Some(rt)) = (ext.get::<RouteMatch>(), ext.get::<Arc<Runtime>>()) else {
+        let (Some(m), Some(rt)) = (ext.get::<RouteMatch>(), ext.get::<Snapshot>()) else {
             return self.inner.call(req);
         };
         let limits = &rt.limits;

@@ -30,7 +30,7 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use serde::Serialize;
 use tower::{Layer, Service};
 
-use crate::config::Runtime;
+use crate::config::reload::Snapshot;
 use crate::error::GatewayError;
 use crate::observe::request_id::RequestId;
 use crate::proxy::forward::UpstreamInfo;
@@ -135,7 +135,7 @@ pub struct Hygiene<S> {
 
 /// What the response side needs to know about its request.
 pub struct Plan {
-    runtime: Option<Arc<Runtime>>,
+    runtime: Option<Snapshot>,
     tls: bool,
     request_id: Option<RequestId>,
 }
@@ -271,7 +271,7 @@ where
         if let Err(r) = request::check_headers(req.headers(), req.version()) {
             return HygieneFuture::Refused(Some(r.into()));
         }
-        let runtime = req.extensions().get::<Arc<Runtime>>().cloned();
+        let runtime = req.extensions().get::<Snapshot>().cloned();
         let limits = runtime
             .as_ref()
             .map(|r| r.settings.hygiene.path)
