@@ -321,7 +321,8 @@ fn authenticate(req: &mut Request<Body>, may_refetch: bool) -> Step {
             detail: "authentication reached without a route".into(),
         }));
     };
-    let route = m.route.clone();
+    // Borrowed, not cloned: the route's count is shared by every worker.
+    let route = &*m.route;
     let id = ext.get::<Arc<ConnInfo>>().and_then(|c| c.identity.clone());
     let mode = route.auth.mode;
     let mut matched: Option<String> = None;

@@ -120,9 +120,9 @@ where
                     .insert(request_id::X_REQUEST_ID, id.header_value());
             }
             let elapsed = started.elapsed();
-            let route = slot.get().cloned();
+            let route = slot.get();
             let status = res.status();
-            metrics.observe_request(route.as_deref(), &method, status, elapsed);
+            metrics.observe_request(route.map(|r| &**r), &method, status, elapsed);
             if let Some(kind) = res.extensions().get::<ErrorKind>() {
                 metrics.errors.with_label_values(&[kind.0]).inc();
             }

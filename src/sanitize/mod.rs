@@ -177,10 +177,11 @@ const RESPONSE_HEADERS_ADDED: usize = 4;
 /// Cleans an upstream response (responses made by the gateway itself are already clean).
 fn clean(mut res: Response<Body>, plan: &Plan) -> Response<Body> {
     let settings = plan.runtime.as_ref().map(|r| &r.settings.hygiene);
-    let route = res
+    // What the route says, read in place (no clone of the route the workers share).
+    let (upstream, keep_cache_control) = res
         .extensions()
         .get::<UpstreamInfo>()
-        .map(|u| u.route.clone());
+        .map_or((false, false), |u| (true, u.route.keep_cache_control));
     let h = res.headers_mut();
     // Room, at once, for what is added below and by the observe layer: one growth of the map
     // instead of one per insert that crosses its load factor.
@@ -195,7 +196,7 @@ fn clean(mut res: Response<Body>, plan: &Plan) -> Response<Body> {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    if !route.as_ref().is_some_and(|r| r.keep_cache_control) {
+    if !keep_cache_control {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     if plan.tls
@@ -203,9 +204,7 @@ fn clean(mut res: Response<Body>, plan: &Plan) -> Response<Body> {
     {
         h.insert(header::STRICT_TRANSPORT_SECURITY, hsts);
     }
-    if res.status().is_server_error()
-        && route.is_some()
-        && settings.is_some_and(|s| s.scrub_upstream_5xx)
+    if res.status().is_server_error() && upstream && settings.is_some_and(|s| s.scrub_upstream_5xx)
     {
         // Only the status and the request id survive: no backend body, no backend headers.
         let status = res.status();
