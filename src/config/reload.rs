@@ -162,7 +162,7 @@ pub struct ConfigLayer {
 /// that keep it, counts on an allocation only the connection's worker touches, so requests
 /// served on different cores do not bounce the shared runtime's reference count between them.
 /// A connection takes the new runtime with its first request after a reload; until then
-/// (while it idles) it keeps the old one alive.
+/// (while it idles, at most the listener's `idle_timeout`) it keeps the old one alive.
 #[derive(Clone)]
 pub struct Snapshot(Arc<Held>);
 
