@@ -201,6 +201,11 @@ async fn forward(
                     endpoint,
                     source: Box::new(e),
                 },
+                PoolError::H1(e) => UpstreamError::Protocol {
+                    cluster: name,
+                    endpoint,
+                    source: Box::new(e),
+                },
             };
             return Err(count(metrics, err));
         }

@@ -4,6 +4,7 @@
 //! innermost service that sends the request upstream.
 
 pub mod forward;
+pub mod h1;
 pub mod pool;
 pub mod router;
 pub mod upstream;
