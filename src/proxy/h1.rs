@@ -4,7 +4,7 @@
 //! Why not hyper's client here: a gateway's upstream connection carries exactly one exchange
 //! at a time, and hyper's client connection runs it through a dispatcher (a request channel,
 //! a response channel, a body channel and their wake-ups) built for a connection shared by a
-//! task. Profiles put that plumbing at about a quarter of the gateway's own CPU per request.
+//! task. That plumbing cost 1.5 µs of the gateway's 21.3 µs of CPU per proxied request.
 //! Here the request writes its head, reads the answer's head with `httparse` (the parser hyper
 //! uses) and, when the whole answer is already in the buffer (the common small JSON reply),
 //! hands the connection back to the pool before the response even leaves the stage.
@@ -1263,5 +1263,96 @@ mod tests {
             assert_eq!(f.retryable, retryable, "{method}");
         }
         server.abort();
+    }
+
+    /// Feeds `pieces` one after another, parsing a head, then decoding a body; returns the
+    /// body bytes, or the first error.
+    #[allow(clippy::type_complexity)]
+    fn decode_pieces(
+        pieces: &[Vec<u8>],
+        method: &Method,
+    ) -> Result<(Option<u16>, Vec<u8>, Option<Framing>, usize), Error> {
+        let mut buf = BytesMut::new();
+        let mut framing = None;
+        let mut status = None;
+        let mut body = Vec::new();
+        for p in pieces {
+            buf.extend_from_slice(p);
+            if framing.is_none()
+                && let Some(a) = parse_head(&mut buf, method)?
+            {
+                status = Some(a.response.status().as_u16());
+                framing = Some(a.framing);
+            }
+            if let Some(f) = framing.as_mut() {
+                while !buf.is_empty() || matches!(f, Framing::Empty | Framing::Length(0)) {
+                    match decode(f, &mut buf)? {
+                        Decoded::Data(d) => body.extend_from_slice(&d),
+                        Decoded::End | Decoded::More => break,
+                    }
+                }
+            }
+        }
+        Ok((status, body, framing, buf.len()))
+    }
+
+    proptest::proptest! {
+        /// Any bytes, cut into any reads: the head parser and the body decoders answer (data,
+        /// more, end or an error) and never panic or loop.
+        #[test]
+        fn any_answer_bytes_are_parsed_or_refused_without_panicking(
+            pieces in proptest::collection::vec(
+                proptest::collection::vec(proptest::prop_oneof![
+                    6 => proptest::sample::select(b"HTTP/1.0 200 OK content-length:transfer-encoding:chunked,gzip;ext=a 0123456789abcdefABCDEF".to_vec()),
+                    2 => proptest::sample::select(b"\r\n".to_vec()),
+                    1 => proptest::num::u8::ANY,
+                ], 0..64),
+                0..16),
+            head in proptest::bool::ANY,
+        ) {
+            let method = if head { Method::HEAD } else { Method::GET };
+            let _ = decode_pieces(&pieces, &method);
+        }
+
+        /// A chunked answer with any chunk sizes, extensions and trailers, cut at any points,
+        /// decodes to its body and ends with nothing left over.
+        #[test]
+        fn chunked_answers_decode_to_their_body_wherever_the_reads_split(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            sizes in proptest::collection::vec(1usize..90, 1..20),
+            cuts in proptest::collection::vec(0usize..2000, 0..10),
+            ext in proptest::bool::ANY,
+            trailers in proptest::bool::ANY,
+        ) {
+            let mut wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            let mut rest = &body[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = sizes[i % sizes.len()].min(rest.len());
+                wire.extend_from_slice(format!("{n:X}{}\r\n", if ext { ";a=b" } else { "" }).as_bytes());
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+                i += 1;
+            }
+            wire.extend_from_slice(b"0\r\n");
+            if trailers {
+                wire.extend_from_slice(b"x-sum: 1\r\n");
+            }
+            wire.extend_from_slice(b"\r\n");
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (wire.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([wire.len()]) {
+                pieces.push(wire[at..c].to_vec());
+                at = c;
+            }
+            let (status, got, framing, left) = decode_pieces(&pieces, &Method::GET).unwrap();
+            proptest::prop_assert_eq!(status, Some(200));
+            proptest::prop_assert_eq!(got, body);
+            proptest::prop_assert_eq!(framing, Some(Framing::Chunked(Chunk::Done)));
+            proptest::prop_assert_eq!(left, 0);
+        }
     }
 }
