@@ -227,7 +227,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         let early = if up.finished && up.out.is_none() {
             None
         } else {
-            self.send_body(body, &mut up, method, took_body).await?
+            // Boxed: a body still streaming is the rarer case; its state stays out of every
+            // request's future.
+            Box::pin(self.send_body(body, &mut up, method, took_body)).await?
         };
         poll_fn(|cx| Pin::new(&mut self.io).poll_flush(cx)).await?;
         match early {

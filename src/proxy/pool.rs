@@ -295,13 +295,16 @@ impl EndpointPool {
                 Ok(res.map(crate::boxed))
             }
             Sender::H1(mut conn) => {
-                let (parts, mut body) = req.into_parts();
+                let (mut parts, mut body) = req.into_parts();
                 conn.prepare(&parts, &body);
-                match conn.exchange(&mut body, &parts.method).await {
+                let method = std::mem::replace(&mut parts.method, http::Method::GET);
+                // Encoded: the rest of the request need not live in the future while it waits.
+                drop(parts);
+                match conn.exchange(&mut body, &method).await {
                     Ok(answer) => Ok(self.answer(conn, answer)),
                     // Boxed: the rare path keeps its state out of every request's future.
                     Err(f) if reused && f.retryable => {
-                        Box::pin(self.retry(conn, body, parts.method)).await
+                        Box::pin(self.retry(conn, body, method)).await
                     }
                     Err(f) => Err(PoolError::H1(f.error)),
                 }
