@@ -150,19 +150,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     }
 
     /// Whether an idle connection can carry a request: the upstream has not closed it and
-    /// sent nothing unasked. Never waits.
-    pub fn is_usable(&mut self) -> bool {
+    /// sent nothing unasked. Never waits; call it outside tokio's cooperative budget
+    /// (`tokio::task::unconstrained`), which would otherwise make every read look pending.
+    pub fn is_usable(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
         let mut probe = [0u8; 1];
         let mut rb = tokio::io::ReadBuf::new(&mut probe);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
         // Pending: nothing to read, the connection is open and quiet.
-        matches!(
-            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
-            Poll::Pending
-        )
+        matches!(Pin::new(&mut self.io).poll_read(cx, &mut rb), Poll::Pending)
     }
 
     /// Writes the head in `self.head`, then the body, then reads the answer's head.
@@ -1253,7 +1250,13 @@ mod tests {
         });
         let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!conn.is_usable());
+        let usable = std::future::poll_fn(|cx| Poll::Ready(conn.is_usable(cx))).await;
+        assert!(!usable, "closed by the upstream");
+        let mut live = Conn::new(TcpStream::connect(addr).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let usable = std::future::poll_fn(|cx| Poll::Ready(live.is_usable(cx))).await;
+        assert!(usable, "open and quiet");
+        drop(live);
         // Sent anyway, a GET that got nothing back may go again; a POST may not.
         for (method, retryable) in [(Method::GET, true), (Method::POST, false)] {
             let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());

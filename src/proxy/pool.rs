@@ -179,11 +179,11 @@ impl EndpointPool {
         self.tls.is_some()
     }
 
-    fn take_idle(&self, now: Instant) -> Option<H1> {
+    fn take_idle(&self, now: Instant, cx: &mut Context<'_>) -> Option<H1> {
         let mut idle = self.idle.lock().ok()?;
         // An idle connection the upstream closed (or wrote to) meanwhile is dropped here.
         while let Some(mut i) = idle.pop() {
-            if now.saturating_duration_since(i.since) < self.idle_timeout && i.h1.is_usable() {
+            if now.saturating_duration_since(i.since) < self.idle_timeout && i.h1.is_usable(cx) {
                 return Some(i.h1);
             }
         }
@@ -268,7 +268,13 @@ impl EndpointPool {
             }
             return Ok((Box::pin(self.connect()).await?, false));
         }
-        if let Some(h1) = self.take_idle(now) {
+        // Unconstrained: with the task's cooperative budget spent, the probe of an idle
+        // connection would read nothing and take a closed connection for a live one.
+        let idle = tokio::task::unconstrained(std::future::poll_fn(|cx| {
+            Poll::Ready(self.take_idle(now, cx))
+        }))
+        .await;
+        if let Some(h1) = idle {
             return Ok((Sender::H1(h1), true));
         }
         Ok((Box::pin(self.connect()).await?, false))
