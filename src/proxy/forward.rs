@@ -151,9 +151,15 @@ async fn forward(
     // upstream duration.
     let started = Instant::now();
     let result = match started.checked_add(route.request_timeout) {
-        Some(deadline) => tokio::time::timeout_at(deadline.into(), pool.send(req, started)).await,
+        Some(deadline) => {
+            tokio::time::timeout_at(
+                deadline.into(),
+                pool.send(req, started, route.request_timeout),
+            )
+            .await
+        }
         // A timeout too long to represent: no deadline, like `tokio::time::timeout`.
-        None => Ok(pool.send(req, started).await),
+        None => Ok(pool.send(req, started, route.request_timeout).await),
     };
     metrics.observe_upstream(&cluster.upstream_duration, &cluster.name, started.elapsed());
     let res = match result {

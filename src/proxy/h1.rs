@@ -65,6 +65,9 @@ pub enum Error {
     /// The request body failed (the client went away, or a stage refused it mid-stream).
     #[error("request body: {0}")]
     Body(crate::BodyError),
+    /// The upstream sent no body bytes for this long.
+    #[error("upstream sent no body bytes for {0:?}")]
+    Stalled(std::time::Duration),
 }
 
 /// How an answer's body is delimited.
@@ -752,22 +755,35 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, Error> {
 }
 
 /// The body of an answer that was not wholly in the buffer: reads it from the connection and,
-/// at its end, hands the connection to `done`.
+/// at its end, hands the connection to `done`. An upstream that sends nothing for `idle` ends
+/// it with [`Error::Stalled`] (and the connection is closed).
 pub struct StreamedBody<IO, F: FnOnce(Conn<IO>)> {
     conn: Option<Conn<IO>>,
     framing: Framing,
     reusable: bool,
     done: Option<F>,
+    idle: std::time::Duration,
+    /// Armed while waiting for the upstream; dropped whenever bytes arrive.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<IO, F: FnOnce(Conn<IO>)> StreamedBody<IO, F> {
-    /// Reads the rest of an answer framed by `framing` from `conn`.
-    pub fn new(conn: Conn<IO>, framing: Framing, reusable: bool, done: F) -> Self {
+    /// Reads the rest of an answer framed by `framing` from `conn`, allowing `idle` between
+    /// reads.
+    pub fn new(
+        conn: Conn<IO>,
+        framing: Framing,
+        reusable: bool,
+        idle: std::time::Duration,
+        done: F,
+    ) -> Self {
         Self {
             conn: Some(conn),
             framing,
             reusable,
             done: Some(done),
+            idle,
+            stall: None,
         }
     }
 }
@@ -789,7 +805,23 @@ where
             return Poll::Ready(None);
         };
         loop {
-            match ready!(conn.poll_body(cx, &mut this.framing)) {
+            let polled = match conn.poll_body(cx, &mut this.framing) {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    let idle = this.idle;
+                    let stall = this
+                        .stall
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    if stall.as_mut().poll(cx).is_ready() {
+                        this.conn = None;
+                        this.stall = None;
+                        return Poll::Ready(Some(Err(Error::Stalled(idle))));
+                    }
+                    return Poll::Pending;
+                }
+            };
+            this.stall = None;
+            match polled {
                 Ok(Some(d)) if d.is_empty() => {}
                 Ok(Some(d)) => {
                     if this.is_end_stream() {
@@ -843,6 +875,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, F: FnOnce(Conn<IO>)> StreamedBody<IO, F
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
@@ -945,9 +978,15 @@ mod tests {
     async fn read_body(conn: Conn<TcpStream>, a: &Answer) -> Result<(Bytes, bool), Error> {
         let reused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = reused.clone();
-        let body = StreamedBody::new(conn, a.framing, a.reusable, move |_c| {
-            flag.store(true, std::sync::atomic::Ordering::SeqCst);
-        });
+        let body = StreamedBody::new(
+            conn,
+            a.framing,
+            a.reusable,
+            Duration::from_secs(5),
+            move |_c| {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            },
+        );
         let bytes = body.collect().await?.to_bytes();
         Ok((bytes, reused.load(std::sync::atomic::Ordering::SeqCst)))
     }
@@ -1268,6 +1307,36 @@ mod tests {
             assert_eq!(f.retryable, retryable, "{method}");
         }
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_stalls_mid_body_is_cut_after_the_idle_time() {
+        let (addr, task) = upstream(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+            false,
+            false,
+        )
+        .await;
+        let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let mut body = crate::empty();
+        let parts = request(Method::GET, &[]);
+        conn.prepare(&parts, &body);
+        let a = conn.exchange(&mut body, &parts.method).await.unwrap();
+        assert_eq!(a.framing, Framing::Length(10));
+        let streamed = StreamedBody::new(
+            conn,
+            a.framing,
+            a.reusable,
+            Duration::from_millis(100),
+            |_c| panic!("a stalled connection is never reused"),
+        );
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(5), streamed.collect())
+            .await
+            .expect("cut, not hung");
+        assert!(matches!(r, Err(Error::Stalled(_))));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        task.abort();
     }
 
     /// Feeds `pieces` one after another, parsing a head, then decoding a body; returns the

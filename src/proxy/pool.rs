@@ -281,7 +281,8 @@ impl EndpointPool {
     }
 
     /// Sends `req` on a pooled (or new) connection. The response body returns the connection
-    /// to the pool when it has been read to the end. `now` is the caller's clock reading,
+    /// to the pool when it has been read to the end; an HTTP/1.1 upstream that sends no body
+    /// bytes for `body_idle` cuts it. `now` is the caller's clock reading,
     /// against which pooled connections are judged idle too long.
     ///
     /// # Errors
@@ -290,6 +291,7 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: Request<Body>,
         now: Instant,
+        body_idle: Duration,
     ) -> Result<Response<Body>, PoolError> {
         let (sender, reused) = self.checkout(now).await?;
         match sender {
@@ -307,10 +309,10 @@ impl EndpointPool {
                 // Encoded: the rest of the request need not live in the future while it waits.
                 drop(parts);
                 match conn.exchange(&mut body, &method).await {
-                    Ok(answer) => Ok(self.answer(conn, answer)),
+                    Ok(answer) => Ok(self.answer(conn, answer, body_idle)),
                     // Boxed: the rare path keeps its state out of every request's future.
                     Err(f) if reused && f.retryable => {
-                        Box::pin(self.retry(conn, body, method)).await
+                        Box::pin(self.retry(conn, body, method, body_idle)).await
                     }
                     Err(f) => Err(PoolError::H1(f.error)),
                 }
@@ -324,6 +326,7 @@ impl EndpointPool {
         mut stale: H1,
         mut body: Body,
         method: http::Method,
+        body_idle: Duration,
     ) -> Result<Response<Body>, PoolError> {
         let Sender::H1(mut fresh) = self.connect().await? else {
             return Err(PoolError::Connect(std::io::Error::other(
@@ -332,13 +335,18 @@ impl EndpointPool {
         };
         fresh.take_request(&mut stale);
         match fresh.exchange(&mut body, &method).await {
-            Ok(answer) => Ok(self.answer(fresh, answer)),
+            Ok(answer) => Ok(self.answer(fresh, answer, body_idle)),
             Err(f) => Err(PoolError::H1(f.error)),
         }
     }
 
     /// The response for `answer`; the connection goes back to the pool once its body is read.
-    fn answer(self: &Arc<Self>, mut conn: H1, answer: h1::Answer) -> Response<Body> {
+    fn answer(
+        self: &Arc<Self>,
+        mut conn: H1,
+        answer: h1::Answer,
+        body_idle: Duration,
+    ) -> Response<Body> {
         let (parts, ()) = answer.response.into_parts();
         if let Some(body) = conn.take_buffered_body(answer.framing) {
             if answer.reusable && conn.is_clean() {
@@ -347,9 +355,10 @@ impl EndpointPool {
             return Response::from_parts(parts, crate::boxed(http_body_util::Full::new(body)));
         }
         let pool = self.clone();
-        let body = h1::StreamedBody::new(conn, answer.framing, answer.reusable, move |c| {
-            pool.put_idle(c);
-        });
+        let body =
+            h1::StreamedBody::new(conn, answer.framing, answer.reusable, body_idle, move |c| {
+                pool.put_idle(c);
+            });
         Response::from_parts(parts, crate::boxed(body))
     }
 }
