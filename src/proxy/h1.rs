@@ -423,7 +423,7 @@ impl Upload {
             }
             None => {
                 let mut c = BytesMut::with_capacity(data.len() + 32);
-                c.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                let _ = std::fmt::Write::write_fmt(&mut c, format_args!("{:x}\r\n", data.len()));
                 c.extend_from_slice(&data);
                 c.extend_from_slice(b"\r\n");
                 if body_end {
@@ -942,7 +942,8 @@ mod tests {
             if close {
                 s.shutdown().await.unwrap();
             } else {
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                // Holds the connection open until the test aborts the task.
+                std::future::pending::<()>().await;
             }
             got
         });
@@ -1288,11 +1289,11 @@ mod tests {
             }
         });
         let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // The upstream's close has arrived once the socket turns readable.
+        conn.io.readable().await.unwrap();
         let usable = std::future::poll_fn(|cx| Poll::Ready(conn.is_usable(cx))).await;
         assert!(!usable, "closed by the upstream");
         let mut live = Conn::new(TcpStream::connect(addr).await.unwrap());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let usable = std::future::poll_fn(|cx| Poll::Ready(live.is_usable(cx))).await;
         assert!(usable, "open and quiet");
         drop(live);
