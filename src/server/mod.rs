@@ -565,6 +565,9 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// Vectored writes up to this many bytes are copied into one buffer and written at once.
+const FLATTEN_UP_TO: usize = 4096;
+
 /// A stream that counts its reads and writes for the watchdog.
 struct ActivityIo<S> {
     inner: S,
@@ -610,7 +613,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let total = bufs.iter().fold(0usize, |t, b| t.saturating_add(b.len()));
+        let r = if bufs.len() > 1 && total <= FLATTEN_UP_TO {
+            // A small response (head and body, or a chunk with its framing) goes out in one
+            // plain write: the kernel's `writev` path costs more than the copy, and under TLS
+            // it makes one record instead of several.
+            let mut one = Vec::with_capacity(total);
+            for b in bufs {
+                one.extend_from_slice(b);
+            }
+            Pin::new(&mut self.inner).poll_write(cx, &one)
+        } else {
+            Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        };
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
         }
@@ -860,4 +875,90 @@ async fn handshake(
         .with_label_values(&[listener, version, alpn])
         .inc();
     Some((tls, info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::IoSlice;
+
+    /// Records how it was written to.
+    #[derive(Default)]
+    struct Recorder {
+        plain: Vec<Vec<u8>>,
+        vectored: Vec<usize>,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.plain.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            self.vectored.push(bufs.len());
+            Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn io() -> ActivityIo<Recorder> {
+        ActivityIo {
+            inner: Recorder::default(),
+            activity: Arc::new(Activity::new()),
+            scanner: crate::sanitize::framing::HeadScanner::default(),
+            framing: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn small_vectored_writes_go_out_as_one_write_of_the_same_bytes() {
+        let mut io = io();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let bufs = [
+            IoSlice::new(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"),
+            IoSlice::new(b""),
+            IoSlice::new(b"{}"),
+        ];
+        let n = Pin::new(&mut io).poll_write_vectored(&mut cx, &bufs);
+        assert!(matches!(n, Poll::Ready(Ok(40))), "{n:?}");
+        assert_eq!(
+            io.inner.plain,
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec()]
+        );
+        assert!(io.inner.vectored.is_empty());
+        assert_eq!(io.activity.writes.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn large_or_single_vectored_writes_pass_through() {
+        let mut io = io();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let big = vec![b'x'; FLATTEN_UP_TO];
+        let bufs = [IoSlice::new(b"1000\r\n"), IoSlice::new(&big)];
+        let n = Pin::new(&mut io).poll_write_vectored(&mut cx, &bufs);
+        assert!(
+            matches!(n, Poll::Ready(Ok(k)) if k == FLATTEN_UP_TO + 6),
+            "{n:?}"
+        );
+        let one = [IoSlice::new(b"abc")];
+        let _ = Pin::new(&mut io).poll_write_vectored(&mut cx, &one);
+        assert_eq!(io.inner.vectored, vec![2, 1]);
+        assert!(io.inner.plain.is_empty());
+    }
 }
