@@ -1070,8 +1070,8 @@ measure backend "$BACKEND_PORT"
 
 # ------------------------------------------------------- nginx, portcullis ----
 # Both proxies run side by side and are measured in alternating rounds (nginx, portcullis,
-# nginx, …); the table shows each one's median round, so a noisy moment on the box cannot
-# favour one of them.
+# nginx, …; the order within a round rotates from round to round); the table shows each one's
+# median round, so a noisy moment on the box cannot favour one of them.
 NGINX_ARGS=(-c "$TMP/nginx/nginx.conf" -p "$TMP/nginx/")
 NGINX_HELP="$(nginx -h 2>&1 || true)"
 if grep -q -- '-e filename' <<<"$NGINX_HELP"; then NGINX_ARGS+=(-e "$TMP/nginx/error.log"); fi
@@ -1103,16 +1103,32 @@ if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
     if [[ "$SKIP_MTLS" != 1 ]]; then check_mtls portcullis-mtls "$PORTCULLIS_TLS_PORT" "$PC_PID" "$TMP/portcullis.log"; fi
 fi
 
+# measure_rotated ROUND NAME:PORT[:MODE] ...: measures every target once, starting with a
+# different one each round (round 1 in the given order, round 2 from the second, ...), so no
+# target always runs first or last in a round.
+measure_rotated() {
+    local r="$1" n i t name port mode
+    shift
+    n=$#
+    local targets=("$@")
+    for ((i = 0; i < n; i++)); do
+        t="${targets[$(((i + r - 1) % n))]}"
+        IFS=: read -r name port mode <<<"$t"
+        if [[ -n "$mode" ]]; then measure "$name-$r" "$port" "$mode"; else measure "$name-$r" "$port"; fi
+    done
+}
+
+PLAIN_TARGETS=("nginx:$NGINX_PORT")
+if [[ "$NGINX_SAME_HEADERS" == 1 ]]; then PLAIN_TARGETS+=("nginx-eq:$NGINX_EQ_PORT"); fi
+if [[ "$SKIP_PORTCULLIS" != 1 ]]; then PLAIN_TARGETS+=("portcullis:$PORTCULLIS_PORT"); fi
 ROUND_LINES=()
 for ((r = 1; r <= ROUNDS; r++)); do
-    measure "nginx-$r" "$NGINX_PORT"
+    measure_rotated "$r" "${PLAIN_TARGETS[@]}"
     line="| $r | ${RPS[nginx-$r]}"
     if [[ "$NGINX_SAME_HEADERS" == 1 ]]; then
-        measure "nginx-eq-$r" "$NGINX_EQ_PORT"
         line+=" | ${RPS[nginx-eq-$r]}"
     fi
     if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
-        measure "portcullis-$r" "$PORTCULLIS_PORT"
         line+=" | ${RPS[portcullis-$r]} | $(python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "${RPS[portcullis-$r]}" "${RPS[nginx-$r]}") |"
     else
         line+=" | skipped | |"
@@ -1123,11 +1139,12 @@ done
 # mTLS: same backend, same alternation, after the plain rounds.
 MTLS_ROUND_LINES=()
 if [[ "$SKIP_MTLS" != 1 ]]; then
+    MTLS_TARGETS=("nginx-mtls:$NGINX_TLS_PORT:tls")
+    if [[ "$SKIP_PORTCULLIS" != 1 ]]; then MTLS_TARGETS+=("portcullis-mtls:$PORTCULLIS_TLS_PORT:tls"); fi
     for ((r = 1; r <= ROUNDS; r++)); do
-        measure "nginx-mtls-$r" "$NGINX_TLS_PORT" tls
+        measure_rotated "$r" "${MTLS_TARGETS[@]}"
         line="| $r | ${RPS[nginx-mtls-$r]}"
         if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
-            measure "portcullis-mtls-$r" "$PORTCULLIS_TLS_PORT" tls
             line+=" | ${RPS[portcullis-mtls-$r]} | $(python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "${RPS[portcullis-mtls-$r]}" "${RPS[nginx-mtls-$r]}") |"
         else
             line+=" | skipped | |"
@@ -1266,7 +1283,7 @@ REPORT="$(
     echo "- backend: $BACKEND_DESC"
     if [[ "$SKIP_PORTCULLIS" != 1 ]]; then echo "- portcullis: \`$BIN\` ($PC_VERSION)"; fi
     echo
-    echo "Median of $ROUNDS alternating rounds for the proxies (one run for the backend):"
+    echo "Median of $ROUNDS alternating rounds for the proxies, the order rotating each round (one run for the backend):"
     echo
     echo "| target | req/s | p50 ms | p99 ms | req/s ratio vs nginx |"
     echo "|---|---:|---:|---:|---:|"
