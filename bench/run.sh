@@ -263,6 +263,33 @@ ratio() {
     python3 -c 'import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print("%.2f" % (a / b) if b > 0 else "n/a")' "$1" "$2"
 }
 
+# round_stats A B: the per-round req/s ratios B-r / A-r over the rounds: their median, their mean
+# and the mean's 95 % confidence interval (Student's t), so a reader sees how far the box's noise
+# leaves the ratio of the medians from certain.
+round_stats() {
+    local a="$1" b="$2" r vals=()
+    for ((r = 1; r <= ROUNDS; r++)); do vals+=("${RPS[$a-$r]:-0}" "${RPS[$b-$r]:-0}"); done
+    python3 - "${vals[@]}" <<'PY'
+import statistics as st, sys
+v = [float(x) for x in sys.argv[1:]]
+r = [b / a for a, b in zip(v[0::2], v[1::2]) if a > 0 and b > 0]
+if not r:
+    print("n/a")
+    sys.exit()
+# two-sided 95 % t quantiles for 1..30 degrees of freedom, 1.96 beyond
+T = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+     2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+     2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+m = st.mean(r)
+if len(r) > 1:
+    h = (T[len(r) - 2] if len(r) - 1 <= len(T) else 1.96) * st.stdev(r) / len(r) ** 0.5
+    ci = "95 %% confidence interval of the mean %.2f to %.2f" % (m - h, m + h)
+else:
+    ci = "one round: no interval"
+print("median %.2f, mean %.2f (%s; %d rounds, from %.2f to %.2f)" % (st.median(r), m, ci, len(r), min(r), max(r)))
+PY
+}
+
 # ------------------------------------------------------------ JWT helpers ----
 # mint KEY KID ALG ISS AUD [dev-token args...]: print a compact JWT from `portcullis dev-token`
 # (1 h lifetime, sub "bench"); non-zero (message in $JWT_DIR/dev-token.err) on failure.
@@ -1312,6 +1339,8 @@ REPORT="$(
     echo
     if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
         echo "Portcullis/nginx req/s ratio (medians): $(ratio "${RPS[portcullis]}" "${RPS[nginx]}")"
+        echo
+        echo "Portcullis/nginx per-round ratios: $(round_stats nginx portcullis)"
         if [[ "$NGINX_SAME_HEADERS" == 1 ]]; then
             echo
             echo "Portcullis/(nginx + Portcullis's headers) req/s ratio (medians): $(ratio "${RPS[portcullis]}" "${RPS[nginx-eq]}")"
@@ -1359,6 +1388,8 @@ REPORT="$(
         echo
         if [[ "$SKIP_PORTCULLIS" != 1 ]]; then
             echo "Portcullis/nginx mTLS req/s ratio (medians): $(ratio "${RPS[portcullis-mtls]}" "${RPS[nginx-mtls]}")"
+            echo
+            echo "Portcullis/nginx mTLS per-round ratios: $(round_stats nginx-mtls portcullis-mtls)"
         else
             echo "Portcullis/nginx mTLS req/s ratio: n/a (SKIP_PORTCULLIS=1)"
         fi
